@@ -1,0 +1,40 @@
+# fodl — one venv, everything through it.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+ARGS   ?=
+
+.PHONY: install train test lint reproduce benchmark tensorboard clean
+
+# torch/torchvision are pinned in pyproject; pip takes them from the local wheel cache when present.
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -e ".[dev]"
+	touch $@
+
+install: $(VENV)/.installed
+
+train: install          ## default experiment: the book's MNIST MLP (chapter 3); extra overrides via ARGS="..."
+	$(PY) scripts/train.py $(ARGS)
+
+test: install           ## the whole test suite (CPU, no internet); real-data tests read ../shared/data
+	$(PY) -m pytest $(ARGS)
+
+lint: install
+	$(PY) -m ruff check src scripts tests
+
+benchmark: install      ## fodl vs a plain PyTorch loop, same process, same data
+	$(PY) scripts/benchmark.py $(ARGS)
+
+reproduce: install      ## the book's chapter 3-4 experiments with the book's hyperparameters
+	$(PY) scripts/train.py experiment=book/ch3_logreg
+	$(PY) scripts/train.py experiment=book/ch3_mnist_mlp
+	$(PY) scripts/train.py -m experiment=book/ch4_optimizers
+	$(PY) scripts/plot_optimizers.py
+
+tensorboard: install
+	$(VENV)/bin/tensorboard --logdir outputs/
+
+clean:
+	rm -rf outputs/*/ .pytest_cache

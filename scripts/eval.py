@@ -1,0 +1,16 @@
+#!/usr/bin/env python
+"""Test a checkpoint: python scripts/eval.py ckpt_path=path/to.ckpt [split=val] [data.eval_batch_size=...]"""
+
+import hydra
+from omegaconf import DictConfig
+
+from fodl.train import evaluate, run_entry
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+def main(cfg: DictConfig):
+    return run_entry(evaluate, cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,62 @@
+"""Callbacks fodl adds to the book's experiments."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
+
+
+def tensorboard(trainer: L.Trainer):
+    """The TensorBoard ``SummaryWriter`` of the trainer's loggers, or ``None``."""
+    for lg in trainer.loggers:
+        if isinstance(lg, TensorBoardLogger):
+            return lg.experiment
+    return None
+
+
+class WeightHistograms(L.Callback):
+    """Histogram of every parameter each ``every_n_epochs`` epochs (the book logs W and b)."""
+
+    def __init__(self, every_n_epochs: int = 1) -> None:
+        self.every_n_epochs = every_n_epochs
+
+    @rank_zero_only
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        writer = tensorboard(trainer)
+        if writer is None or (trainer.current_epoch + 1) % self.every_n_epochs:
+            return
+        for name, p in pl_module.named_parameters():
+            writer.add_histogram(f"params/{name}", p.detach().float().cpu(), trainer.global_step)
+
+
+class ConfigInCheckpoint(L.Callback):
+    """Stores the run's resolved Hydra config in every checkpoint (``fodl_config``), so
+    ``scripts/eval.py`` can rebuild the exact net and data from the checkpoint alone."""
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+
+    def on_save_checkpoint(self, trainer, pl_module, checkpoint: dict[str, Any]) -> None:
+        checkpoint["fodl_config"] = self.config
+
+
+class StopAtTrainLoss(L.Callback):
+    """Records the first step at which the running mean of the minibatch training cost falls
+    to ``threshold`` and stops training (chapter 4's momentum speed-up experiment)."""
+
+    def __init__(self, threshold: float, window: int = 100) -> None:
+        self.threshold = threshold
+        self.window = window
+        self.reached_at: int | None = None
+        self._recent: list[float] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._recent.append(float(outputs["loss"]))
+        if len(self._recent) > self.window:
+            self._recent.pop(0)
+        if len(self._recent) == self.window and sum(self._recent) / self.window <= self.threshold:
+            self.reached_at = trainer.global_step
+            trainer.should_stop = True

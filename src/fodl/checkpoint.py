@@ -1,0 +1,70 @@
+"""Reading checkpoints with clear errors, and rebuilding a trained module from one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from fodl.errors import FodlError
+
+
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Load a Lightning checkpoint on the CPU, or raise ``FodlError`` saying what is wrong."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise FodlError(
+            f"Checkpoint {p} does not exist. Give ckpt_path= the path to a .ckpt file, e.g. "
+            "outputs/<model>/runs/<time>/checkpoints/last.ckpt."
+        )
+    try:
+        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+    except Exception as e:  # torch raises many kinds for a truncated / foreign file
+        raise FodlError(
+            f"Checkpoint {p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
+            "It is truncated or not a PyTorch checkpoint; use another file from the run's "
+            "checkpoints/ directory (last.ckpt or the best epoch*.ckpt)."
+        ) from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise FodlError(f"{p} is a PyTorch file but not a Lightning checkpoint (no 'state_dict').")
+    return ckpt
+
+
+def check_compatible(module: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:
+    """Fail early, with the model names, when a checkpoint does not fit the configured module."""
+    own = module.state_dict()
+    theirs = ckpt["state_dict"]
+    missing = [k for k in own if k not in theirs]
+    unexpected = [k for k in theirs if k not in own]
+    shapes = [k for k in own if k in theirs and own[k].shape != theirs[k].shape]
+    if missing or unexpected or shapes:
+        trained = (ckpt.get("fodl_config") or {}).get("model_name", "another model")
+        detail = "; ".join(
+            f"{what}: {', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''}"
+            for what, keys in (("missing", missing), ("unexpected", unexpected), ("shape differs", shapes))
+            if keys
+        )
+        raise FodlError(
+            f"Checkpoint {path} was trained with model={trained} and does not fit this run's model "
+            f"({detail}). Pass the same model= (and net overrides) as the run that wrote it."
+        )
+
+
+def load_module(path: str | Path, data_overrides: dict[str, Any] | None = None):
+    """Rebuild ``(module, datamodule_config, config)`` from a fodl checkpoint."""
+    ckpt = read_checkpoint(path)
+    config = ckpt.get("fodl_config")
+    if config is None:
+        raise FodlError(
+            f"{path} has no fodl_config: it was not written by fodl's train.py, so the net it "
+            "holds is unknown. Train with scripts/train.py or load it in your own code."
+        )
+    cfg = OmegaConf.create(config)
+    module = instantiate(cfg.model)
+    check_compatible(module, ckpt, path)
+    module.load_state_dict(ckpt["state_dict"])
+    data_cfg = OmegaConf.merge(cfg.data, data_overrides or {})
+    return module, data_cfg, cfg

@@ -1,0 +1,4 @@
+from fodl.data.loader import TensorLoader
+from fodl.data.mnist import MNISTDataModule
+
+__all__ = ["TensorLoader", "MNISTDataModule"]

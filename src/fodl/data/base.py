@@ -1,0 +1,82 @@
+"""A LightningDataModule whose splits are in-memory tensors batched by ``TensorLoader``."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import lightning as L
+import torch
+
+from fodl.data.loader import TensorLoader
+
+
+def resolve_data_dir(data_dir: str | Path | None) -> Path:
+    """``data_dir`` if given, else ``$FODL_DATA_DIR``, else ``./data``."""
+    return Path(data_dir or os.environ.get("FODL_DATA_DIR") or "data").expanduser()
+
+
+class InMemoryDataModule(L.LightningDataModule):
+    """Subclasses fill ``self.splits = {"train": (x, y), "val": ..., "test": ...}`` in ``setup``.
+
+    Under DDP each process takes its own shard (the loaders are not ``DataLoader`` s, so
+    Lightning's sampler injection does not apply; sharding is done here). With
+    ``on_device=True`` the tensors are moved once to the training device, so no per-batch
+    host-to-device copy happens.
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 100,
+        eval_batch_size: int = 1000,
+        seed: int = 0,
+        on_device: bool = True,
+        drop_last: bool = False,
+    ) -> None:
+        super().__init__()
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.seed = seed
+        self.on_device = on_device
+        self.drop_last = drop_last
+        self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
+
+    # -- helpers -------------------------------------------------------------------------
+    def _dist(self) -> tuple[int, int]:
+        t = self.trainer
+        return (t.global_rank, t.world_size) if t is not None else (0, 1)
+
+    def _device_tensors(self, split: str) -> tuple[torch.Tensor, ...]:
+        tensors = self.splits[split]
+        t = self.trainer
+        if self.on_device and t is not None:
+            device = t.strategy.root_device
+            if device.type != "cpu" and tensors[0].device != device:
+                tensors = tuple(x.to(device, non_blocking=True) for x in tensors)
+                self.splits[split] = tensors
+        return tensors
+
+    def _loader(self, split: str, train: bool) -> TensorLoader:
+        rank, world = self._dist()
+        return TensorLoader(
+            self._device_tensors(split),
+            self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            drop_last=self.drop_last and train,
+            seed=self.seed,
+            rank=rank,
+            world_size=world,
+            epoch_fn=(lambda: self.trainer.current_epoch) if (train and self.trainer) else None,
+        )
+
+    def train_dataloader(self) -> TensorLoader:
+        return self._loader("train", True)
+
+    def val_dataloader(self) -> TensorLoader:
+        return self._loader("val", False)
+
+    def test_dataloader(self) -> TensorLoader:
+        return self._loader("test", False)
+
+    def predict_dataloader(self) -> TensorLoader:
+        return self._loader("test", False)

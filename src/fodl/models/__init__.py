@@ -1,0 +1,3 @@
+from fodl.models.classifier import ClassifierModule
+
+__all__ = ["ClassifierModule"]

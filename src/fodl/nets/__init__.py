@@ -1,0 +1,3 @@
+from fodl.nets.mlp import MLP
+
+__all__ = ["MLP"]

@@ -1,0 +1,116 @@
+"""The logic behind ``scripts/train.py``: build everything from the config and fit."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from fodl.callbacks import ConfigInCheckpoint
+from fodl.checkpoint import check_compatible, read_checkpoint
+from fodl.errors import FodlError
+
+log = logging.getLogger(__name__)
+
+
+def _instantiate_all(group: DictConfig | None) -> list[Any]:
+    """Instantiate every ``_target_`` entry of a callbacks/logger group (empty group -> [])."""
+    if not group:
+        return []
+    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "/"))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) the configured model; return the final metrics as floats."""
+    if cfg.get("seed") is not None:
+        L.seed_everything(cfg.seed, workers=True, verbose=False)
+
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    try:
+        resolved["model_name"] = HydraConfig.get().runtime.choices.get("model")
+    except ValueError:  # not under Hydra (e.g. compose API in a notebook)
+        resolved["model_name"] = None
+
+    datamodule: L.LightningDataModule = instantiate(cfg.data)
+    model: L.LightningModule = instantiate(cfg.model)
+    callbacks = _instantiate_all(cfg.get("callbacks")) + [ConfigInCheckpoint(resolved)]
+    loggers = _instantiate_all(cfg.get("logger"))
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path:
+        check_compatible(model, read_checkpoint(ckpt_path), ckpt_path)
+        log.info("resuming from %s", ckpt_path)
+
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+
+    if cfg.get("test"):
+        best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
+        if best is None:
+            log.warning("no best checkpoint; testing the weights at the end of training")
+        test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=True)
+        metrics.update({k: float(v) for k, v in (test_metrics[0] if test_metrics else {}).items()})
+
+    if trainer.is_global_zero:
+        for lg in trainer.loggers:
+            lg.log_hyperparams(_flat({k: resolved[k] for k in ("model", "data", "optimizer", "trainer")
+                                      if k in resolved}), metrics=metrics) if hasattr(
+                lg, "log_hyperparams") else None
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        log.info("metrics: %s", json.dumps(metrics, sort_keys=True))
+    return metrics
+
+
+def evaluate(cfg: DictConfig) -> dict[str, float]:
+    """Test a checkpoint on the split ``cfg.split`` with the config stored inside it."""
+    from fodl.checkpoint import load_module
+
+    if cfg.split not in ("test", "val"):
+        raise FodlError(f"split={cfg.split!r}: choose test or val.")
+    overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
+    overrides.setdefault("data_dir", cfg.paths.data_dir)
+    overrides.setdefault("cache_dir", cfg.paths.cache_dir)
+    module, data_cfg, _ = load_module(cfg.ckpt_path, overrides)
+    datamodule = instantiate(data_cfg)
+    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    run = trainer.test if cfg.split == "test" else trainer.validate
+    result = run(module, datamodule=datamodule, verbose=True)
+    metrics = {k: float(v) for k, v in (result[0] if result else {}).items()}
+    if trainer.is_global_zero:
+        out = Path(cfg.paths.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    return metrics
+
+
+def run_entry(fn, cfg: DictConfig):
+    """Run ``fn(cfg)``; a ``FodlError`` prints its one-paragraph message and exits with 2."""
+    torch.set_float32_matmul_precision("high")
+    try:
+        metrics = fn(cfg)
+    except FodlError as e:
+        log.error("%s", e)
+        raise SystemExit(2) from None
+    name = cfg.get("optimized_metric")
+    return metrics.get(name) if name else None
