@@ -71,10 +71,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update({k: float(v) for k, v in (test_metrics[0] if test_metrics else {}).items()})
 
     if trainer.is_global_zero:
+        # hparams with final metrics (TensorBoard's HPARAMS tab); "hp/" keeps these single
+        # points out of the training curves of the same names.
+        hparams = _flat({k: resolved[k] for k in ("model", "data", "optimizer", "scheduler", "trainer")
+                         if resolved.get(k)})
         for lg in trainer.loggers:
-            lg.log_hyperparams(_flat({k: resolved[k] for k in ("model", "data", "optimizer", "trainer")
-                                      if k in resolved}), metrics=metrics) if hasattr(
-                lg, "log_hyperparams") else None
+            lg.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in metrics.items()})
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))

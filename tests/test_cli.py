@@ -1,0 +1,77 @@
+"""The entry points as a user runs them: subprocesses, Hydra's output dirs, DDP, multirun."""
+
+import json
+
+import pytest
+
+from conftest import make_mnist_like, run_script
+
+QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture
+def workdir(tmp_path):
+    make_mnist_like(tmp_path / "data")
+    return tmp_path
+
+
+def _data(workdir):
+    return [f"paths.data_dir={workdir / 'data'}", "data.val_size=200", *QUIET]
+
+
+def test_unknown_model_lists_the_available_ones(workdir):
+    r = run_script("train.py", ["model=resnet9000"], workdir)
+    assert r.returncode != 0
+    assert "model/resnet9000" in r.stderr and "logreg" in r.stderr and "mnist_mlp" in r.stderr
+
+
+def test_wrong_override_is_named(workdir):
+    r = run_script("train.py", ["trainer.max_epoch=3"], workdir)
+    assert r.returncode != 0 and "trainer.max_epoch" in r.stderr
+
+
+def test_missing_data_offline_says_what_to_do(workdir):
+    r = run_script("train.py", [f"paths.data_dir={workdir / 'nothing'}", "data.download=false"],
+                   workdir)
+    assert r.returncode == 2
+    out = r.stdout + r.stderr
+    assert "FODL_DATA_DIR" in out and "train-images-idx3-ubyte.gz" in out
+    assert "Traceback" not in out
+
+
+def test_bad_checkpoint_is_a_clear_error(workdir):
+    bad = workdir / "bad.ckpt"
+    bad.write_bytes(b"oops")
+    r = run_script("eval.py", [f"ckpt_path={bad}", f"paths.data_dir={workdir / 'data'}"], workdir)
+    assert r.returncode == 2 and "cannot be read" in r.stdout + r.stderr
+    assert "Traceback" not in r.stdout + r.stderr
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_then_eval_agrees(workdir):
+    r = run_script("train.py", [*_data(workdir), "trainer.max_epochs=2", "trainer.accelerator=cpu",
+                                "trainer.devices=2"], workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Starting with 2 processes" in r.stdout + r.stderr
+    (run,) = (workdir / "outputs" / "mnist_mlp" / "runs").iterdir()  # one run dir, shared
+    metrics = json.loads((run / "metrics.json").read_text())
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    # test accuracy over 2 shards equals a single-process evaluation of the same checkpoint
+    r = run_script("eval.py", [f"ckpt_path={best}", f"paths.data_dir={workdir / 'data'}"], workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (ev,) = (workdir / "outputs" / "eval" / "runs").iterdir()
+    single = json.loads((ev / "metrics.json").read_text())
+    assert single["test/acc"] == pytest.approx(metrics["test/acc"], abs=1e-6)
+
+
+@pytest.mark.slow
+def test_multirun_two_models(workdir):
+    r = run_script("train.py", ["-m", "model=logreg,mnist_mlp", *_data(workdir),
+                                "trainer.max_epochs=1"], workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (workdir / "outputs" / "multiruns").iterdir()
+    jobs = sorted(p.name for p in sweep.iterdir() if p.is_dir())
+    assert len(jobs) == 2 and "model=logreg" in jobs[0] and "model=mnist_mlp" in jobs[1]
+    for job in jobs:
+        assert "test/acc" in json.loads((sweep / job / "metrics.json").read_text())
