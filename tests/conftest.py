@@ -9,15 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import open_dict, read_write
-
+from fodl.config import CONF_DIR, compose_run
 from fodl.data.idx import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]
-CONF = ROOT / "conf"
 SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
@@ -64,17 +59,7 @@ def _isolated_env(monkeypatch, tmp_path):
 
 def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train"):
     """The Hydra config ``scripts/train.py`` would build, with its output dir at ``run_dir``."""
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
-    with read_write(cfg), open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(run_dir)
-        cfg.paths.root_dir = str(run_dir.parent)
-        cfg.paths.output_dir = str(run_dir)
-    HydraConfig.instance().set_config(cfg)
-    with read_write(cfg), open_dict(cfg):
-        del cfg["hydra"]  # as in a real run: the task sees no hydra node
-    return cfg
+    return compose_run([f"paths.root_dir={run_dir.parent}", *overrides], run_dir, config_name)
 
 
 # quiet, fast settings for in-process training

@@ -49,3 +49,12 @@ def test_ddp_shards():
     ev = [TensorLoader((y,), 10, rank=r, world_size=2) for r in range(2)]
     seen = torch.cat([b[0] for ld in ev for b in ld])
     assert sorted(seen.tolist()) == list(range(101))
+
+
+def test_steps_per_execution_groups_the_same_minibatches():
+    y = torch.arange(95)
+    single = list(TensorLoader((y,), 10, shuffle=True, seed=2))
+    grouped = list(TensorLoader((y,), 10, shuffle=True, seed=2, steps_per_execution=4))
+    assert len(grouped) == 3 and [len(g) for g in grouped] == [4, 4, 2]
+    flat = [b for g in grouped for b in g]
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(single, flat)) and len(flat) == len(single)

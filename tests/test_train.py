@@ -17,7 +17,7 @@ def _cfg(tmp_path, data_dir, *overrides, run="run"):
     return compose_train([f"paths.data_dir={data_dir}", *FAST, *tiny, *overrides], tmp_path / run)
 
 
-@pytest.mark.parametrize("model", ["logreg", "mnist_mlp"])
+@pytest.mark.parametrize("model", ["logreg", "mnist_mlp", "mnist_cnn"])
 def test_fast_dev_run_every_model(tmp_path, tiny_mnist, model):
     cfg = _cfg(tmp_path, tiny_mnist, f"model={model}", "+trainer.fast_dev_run=true", "test=false")
     metrics = train(cfg)
@@ -45,7 +45,7 @@ def test_logreg_learns_a_learnable_set(tmp_path, tiny_mnist):
     assert events, "no TensorBoard event file"
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     acc = EventAccumulator(str(run / "tensorboard"), size_guidance={"histograms": 0}).Reload()
-    assert {"train/loss", "val/loss", "val/acc", "test/acc"} <= set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/loss_step", "val/loss", "val/acc", "test/acc"} <= set(acc.Tags()["scalars"])
     assert "params/net.layers.0.weight" in acc.Tags()["histograms"]
     assert len(acc.Scalars("val/acc")) == 5
 
@@ -106,3 +106,18 @@ def test_eval_reproduces_test_accuracy_from_checkpoint_alone(tmp_path, tiny_mnis
                          config_name="eval")
     metrics = evaluate(ecfg)
     assert metrics["test/acc"] == pytest.approx(trained["test/acc"], abs=1e-6)
+
+
+def test_steps_per_execution_trains_identically(tmp_path, tiny_mnist):
+    """Grouping minibatches (a speed knob) must not change what is learned."""
+    args = ("model=mnist_mlp", "trainer.max_epochs=2", "test=false", "optimizer=momentum",
+            "data.batch_size=32")
+    one = train(_cfg(tmp_path, tiny_mnist, *args, run="one"))
+    grouped = train(_cfg(tmp_path, tiny_mnist, *args, "data.steps_per_execution=4", run="grouped"))
+    assert grouped["val/acc"] == pytest.approx(one["val/acc"], abs=1e-6)
+    assert grouped["train/loss"] == pytest.approx(one["train/loss"], rel=1e-5)
+    a = read_checkpoint(tmp_path / "one" / "checkpoints" / "last.ckpt")
+    b = read_checkpoint(tmp_path / "grouped" / "checkpoints" / "last.ckpt")
+    assert a["global_step"] == b["global_step"] == 2 * 32  # 1000 examples / 32 -> 32 steps/epoch
+    for k in a["state_dict"]:
+        torch.testing.assert_close(a["state_dict"][k], b["state_dict"][k])

@@ -60,3 +60,20 @@ class StopAtTrainLoss(L.Callback):
         if len(self._recent) == self.window and sum(self._recent) / self.window <= self.threshold:
             self.reached_at = trainer.global_step
             trainer.should_stop = True
+
+
+class ModelCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+    """Lightning's ``ModelCheckpoint`` with its ``state_key`` computed once.
+
+    Lightning formats every callback's ``state_key`` on every hook dispatch (several per
+    optimizer step); ``ModelCheckpoint`` builds it from a ``repr`` of its settings, which
+    showed up in profiles of the book's small models. The key depends only on constructor
+    arguments, so caching it changes nothing else.
+    """
+
+    @property
+    def state_key(self) -> str:
+        key = self.__dict__.get("_fodl_state_key")
+        if key is None:
+            key = self.__dict__["_fodl_state_key"] = super().state_key
+        return key

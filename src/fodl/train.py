@@ -38,8 +38,8 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit (and test) the configured model; return the final metrics as floats."""
+def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
+    """Instantiate the datamodule, module and trainer of a run config (seeded first)."""
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -54,6 +54,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
     callbacks = _instantiate_all(cfg.get("callbacks")) + [ConfigInCheckpoint(resolved)]
     loggers = _instantiate_all(cfg.get("logger"))
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    return datamodule, model, trainer
+
+
+def train(cfg: DictConfig) -> dict[str, float]:
+    """Fit (and test) the configured model; return the final metrics as floats."""
+    datamodule, model, trainer = build(cfg)
+    resolved = OmegaConf.to_container(cfg, resolve=True)
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:

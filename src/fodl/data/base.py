@@ -32,6 +32,7 @@ class InMemoryDataModule(L.LightningDataModule):
         seed: int = 0,
         on_device: bool = True,
         drop_last: bool = False,
+        steps_per_execution: int = 1,
     ) -> None:
         super().__init__()
         self.batch_size = batch_size
@@ -39,6 +40,7 @@ class InMemoryDataModule(L.LightningDataModule):
         self.seed = seed
         self.on_device = on_device
         self.drop_last = drop_last
+        self.steps_per_execution = steps_per_execution
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
 
     # -- helpers -------------------------------------------------------------------------
@@ -67,6 +69,7 @@ class InMemoryDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             epoch_fn=(lambda: self.trainer.current_epoch) if (train and self.trainer) else None,
+            steps_per_execution=self.steps_per_execution if train else 1,
         )
 
     def train_dataloader(self) -> TensorLoader:

@@ -26,6 +26,9 @@ class TensorLoader:
             padded (as ``DistributedSampler`` does) so every process takes the same number of
             steps; evaluation shards are not padded so metrics count every example once.
         epoch_fn: returns the current epoch (the trainer's), read at the start of each pass.
+        steps_per_execution: group this many consecutive minibatches into one item (a list of
+            batch tuples) so a LightningModule can take several optimizer steps per Lightning
+            step, amortising the framework's per-batch overhead. Same minibatches, same order.
     """
 
     def __init__(
@@ -40,6 +43,7 @@ class TensorLoader:
         world_size: int = 1,
         pad_to_equal: bool | None = None,
         epoch_fn: Callable[[], int] | None = None,
+        steps_per_execution: int = 1,
     ) -> None:
         if not tensors:
             raise ValueError("TensorLoader needs at least one tensor")
@@ -57,6 +61,9 @@ class TensorLoader:
         self.world_size = int(world_size)
         self.pad_to_equal = shuffle if pad_to_equal is None else pad_to_equal
         self.epoch_fn = epoch_fn
+        if steps_per_execution < 1:
+            raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
+        self.steps_per_execution = int(steps_per_execution)
         self.epoch = 0
         self._n = n
 
@@ -68,9 +75,14 @@ class TensorLoader:
             return -(-self._n // self.world_size)
         return len(range(self.rank, self._n, self.world_size))
 
-    def __len__(self) -> int:
+    def num_batches(self) -> int:
+        """Minibatches per pass (per process)."""
         m = self._shard_size()
         return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+
+    def __len__(self) -> int:
+        """Items per pass: minibatches, or groups of ``steps_per_execution`` of them."""
+        return -(-self.num_batches() // self.steps_per_execution)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = int(epoch)
@@ -94,14 +106,27 @@ class TensorLoader:
             idx = idx[self.rank :: self.world_size]
         return idx.to(device)
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, ...]]:
+    def _batches(self) -> Iterator[tuple[torch.Tensor, ...]]:
         if self.epoch_fn is not None:
             self.epoch = int(self.epoch_fn())
         idx = self._indices()
         bs = self.batch_size
-        for b in range(len(self)):
+        for b in range(self.num_batches()):
             if idx is None:
                 yield tuple(t[b * bs : (b + 1) * bs] for t in self.tensors)
             else:
                 sel = idx[b * bs : (b + 1) * bs]
                 yield tuple(t.index_select(0, sel) for t in self.tensors)
+
+    def __iter__(self) -> Iterator:
+        if self.steps_per_execution == 1:
+            yield from self._batches()
+            return
+        group: list[tuple[torch.Tensor, ...]] = []
+        for batch in self._batches():
+            group.append(batch)
+            if len(group) == self.steps_per_execution:
+                yield group
+                group = []
+        if group:
+            yield group

@@ -1,0 +1,28 @@
+"""Building a run's Hydra config outside ``@hydra.main`` (benchmarks, analysis scripts, tests)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict, read_write
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def compose_run(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
+    """The config ``scripts/<config_name>.py`` would build for ``overrides``, writing to
+    ``output_dir``; HydraConfig is set so ``${hydra:...}`` interpolations resolve."""
+    output_dir = Path(output_dir)
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    with read_write(cfg), open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(output_dir)
+        cfg.paths.output_dir = str(output_dir)
+    HydraConfig.instance().set_config(cfg)
+    with read_write(cfg), open_dict(cfg):
+        del cfg["hydra"]  # as in a real run: the task function sees no hydra node
+    return cfg
