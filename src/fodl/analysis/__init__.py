@@ -1,0 +1,1 @@
+"""The book's analyses, run on fodl's logs and checkpoints."""

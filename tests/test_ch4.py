@@ -1,0 +1,124 @@
+"""Chapter 4: optimizer configs, the sweep + plot, interpolation, momentum speed-up."""
+
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+
+from fodl.analysis.interpolation import alpha_grid, cost, interpolate
+from fodl.config import CONF_DIR
+from fodl.nets import MLP
+from fodl.train import train
+
+from conftest import FAST, ROOT, compose_train
+
+OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
+
+
+def test_all_book_optimizers_exist():
+    assert {"sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam"} <= set(OPTIMIZERS)
+
+
+@pytest.mark.parametrize("name", OPTIMIZERS)
+@pytest.mark.parametrize("scheduler", ["none", "step", "cosine"])
+def test_each_optimizer_instantiates_and_steps(tmp_path, name, scheduler):
+    cfg = compose_train([f"optimizer={name}", f"scheduler={scheduler}"], tmp_path / "r")
+    module = instantiate(cfg.model)
+    opt_cfg = module.configure_optimizers()
+    opt = opt_cfg["optimizer"] if isinstance(opt_cfg, dict) else opt_cfg
+    assert (scheduler == "none") == (not isinstance(opt_cfg, dict))
+    before = [p.detach().clone() for p in module.parameters()]
+    x, y = torch.rand(8, 1, 28, 28), torch.randint(0, 10, (8,))
+    F.cross_entropy(module(x), y).backward()
+    opt.step()
+    assert any(not torch.equal(b, p) for b, p in zip(before, module.parameters()))
+
+
+def test_book_optimizer_settings(tmp_path):
+    def opt(name):
+        return instantiate(compose_train([f"optimizer={name}"], tmp_path / "r").optimizer)(
+            params=[torch.nn.Parameter(torch.zeros(1))])
+    rms = opt("rmsprop").defaults
+    assert (rms["lr"], rms["alpha"], rms["eps"]) == (0.001, 0.9, 1e-10)
+    assert opt("adam").defaults["betas"] == (0.9, 0.999) and opt("adam").defaults["eps"] == 1e-8
+    assert opt("adagrad").defaults["initial_accumulator_value"] == 0.1
+    assert opt("momentum").defaults["momentum"] == 0.9 and opt("momentum").defaults["lr"] == 0.01
+
+
+def test_interpolation_endpoints_are_the_two_nets():
+    torch.manual_seed(0)
+    trained, initial = MLP(hidden=[32]), MLP(hidden=[32])
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(3).add_(0.1)
+    x, y = torch.rand(300, 1, 28, 28), torch.randint(0, 10, (300,))
+    costs = interpolate(trained, initial, x, y, np.array([0.0, 1.0, 0.5]))
+    assert costs[0] == pytest.approx(F.cross_entropy(initial(x), y).item(), rel=1e-6)
+    assert costs[1] == pytest.approx(F.cross_entropy(trained(x), y).item(), rel=1e-6)
+    assert costs[2] != pytest.approx(costs[0]) and costs[2] != pytest.approx(costs[1])
+
+
+def test_alpha_grid_is_the_books():
+    a = alpha_grid()
+    assert len(a) == 401 and a[0] == -2 and a[-1] == 2 and 0.0 in a and 1.0 in a
+
+
+def test_interpolation_script_on_a_trained_checkpoint(tmp_path, tiny_mnist):
+    cfg = compose_train([f"paths.data_dir={tiny_mnist}", *FAST, "data.val_size=200",
+                         "trainer.max_epochs=2"], tmp_path / "run")
+    metrics = train(cfg)
+    (best,) = (tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import interpolate as script
+    finally:
+        sys.path.pop(0)
+    r = script.run(str(best), tmp_path / "interp", seed=0, step=0.5, data_dir=str(tiny_mnist))
+    assert r["cost_trained"] == pytest.approx(metrics["test/loss"], rel=1e-5)
+    torch.manual_seed(0)
+    fresh = instantiate(cfg.model.net)
+    from fodl.data.mnist import MNISTDataModule
+    dm = MNISTDataModule(data_dir=str(tiny_mnist), val_size=200)
+    dm.setup()
+    assert r["cost_random"] == pytest.approx(cost(fresh, *dm.splits["test"]), rel=1e-6)
+    assert (tmp_path / "interp" / "interpolation.png").stat().st_size > 1000
+    assert len(np.loadtxt(tmp_path / "interp" / "interpolation.csv", delimiter=",", skiprows=1)) == 9
+
+
+@pytest.mark.slow
+def test_sweep_then_plot(tmp_path, tiny_mnist):
+    args = [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=book/ch4_optimizers",
+            f"paths.data_dir={tiny_mnist}", "data.val_size=200", "trainer.max_epochs=2",
+            "trainer.log_every_n_steps=1", "data.steps_per_execution=2", "data.batch_size=50",
+            "optimizer=sgd,adam", "callbacks.progress_bar.refresh_rate=0"]
+    r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "ch4_optimizers").iterdir()
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_optimizers.py")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    md = (sweep / "optimizers.md").read_text()
+    assert "| sgd |" in md and "| adam |" in md and "0.9807" in md
+    assert (sweep / "optimizers.png").stat().st_size > 5000
+    from fodl.analysis.tblogs import read_sweep
+    runs = {r.label: r for r in read_sweep(sweep)}
+    cost = runs["adam"].scalars["train/loss_step"]
+    assert len(cost) >= 10 and cost[-1][1] < cost[0][1]  # logged per step, and decreasing
+
+
+def test_plot_script_without_sweep_says_how_to_make_one(tmp_path):
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "plot_optimizers.py")], cwd=tmp_path,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "experiment=book/ch4_optimizers" in r.stderr
+
+
+def test_momentum_reaches_the_cost_sooner(tiny_mnist):
+    from fodl.analysis.momentum import steps_to_cost
+    common = [f"data.val_size=200", "data.batch_size=20"]
+    sgd = steps_to_cost(["optimizer=sgd", *common], str(tiny_mnist), threshold=0.3, window=10, max_epochs=30)
+    mom = steps_to_cost(["optimizer=momentum", *common], str(tiny_mnist), threshold=0.3, window=10, max_epochs=30)
+    assert mom is not None and sgd is not None and mom < sgd
