@@ -54,7 +54,7 @@ def test_logreg_learns_a_learnable_set(tmp_path, tiny_mnist):
 def test_mlp_reaches_90_percent_on_real_mnist(tmp_path):
     shared_file("mnist", "train-images-idx3-ubyte.gz")
     cfg = _cfg(tmp_path, SHARED_DATA, "model=mnist_mlp", "trainer.max_epochs=2",
-               "callbacks.weight_histograms.every_n_epochs=100")
+               "callbacks.parameter_summaries.every_n_epochs=100")
     metrics = train(cfg)
     assert metrics["test/acc"] >= 0.90, metrics
 

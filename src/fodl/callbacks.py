@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import lightning as L
+import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -17,19 +18,40 @@ def tensorboard(trainer: L.Trainer):
     return None
 
 
-class WeightHistograms(L.Callback):
-    """Histogram of every parameter each ``every_n_epochs`` epochs (the book logs W and b)."""
+class ParameterSummaries(L.Callback):
+    """What the book logs about parameters, every ``every_n_epochs`` epochs:
+    a histogram of every parameter, and the first conv layer's filters as an image grid
+    (book figure 5-18). One callback for both: each registered callback costs a dispatch on
+    every hook of every step."""
 
-    def __init__(self, every_n_epochs: int = 1) -> None:
+    def __init__(self, every_n_epochs: int = 1, filters: bool = True) -> None:
         self.every_n_epochs = every_n_epochs
+        self.filters = filters
 
     @rank_zero_only
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         writer = tensorboard(trainer)
         if writer is None or (trainer.current_epoch + 1) % self.every_n_epochs:
             return
+        step = trainer.global_step
         for name, p in pl_module.named_parameters():
-            writer.add_histogram(f"params/{name}", p.detach().float().cpu(), trainer.global_step)
+            writer.add_histogram(f"params/{name}", p.detach().float().cpu(), step)
+        if self.filters and (grid := first_layer_filters(pl_module)) is not None:
+            writer.add_image("filters/first_conv", grid, step)
+
+
+def first_layer_filters(module: torch.nn.Module, padding: int = 1):
+    """The first Conv2d's weights as one image grid (each filter min-max scaled), or None."""
+    from torchvision.utils import make_grid
+
+    conv = next((m for m in module.modules() if isinstance(m, torch.nn.Conv2d)), None)
+    if conv is None or conv.in_channels not in (1, 3):
+        return None
+    w = conv.weight.detach().float().cpu()
+    lo = w.amin(dim=(1, 2, 3), keepdim=True)
+    hi = w.amax(dim=(1, 2, 3), keepdim=True)
+    w = (w - lo) / (hi - lo).clamp_min(1e-12)
+    return make_grid(w, nrow=8, padding=padding, pad_value=1.0)
 
 
 class ConfigInCheckpoint(L.Callback):

@@ -1,4 +1,4 @@
-from fodl.nets.cnn import MNISTConvNet
+from fodl.nets.cnn import CIFARConvNet, MNISTConvNet
 from fodl.nets.mlp import MLP
 
-__all__ = ["MLP", "MNISTConvNet"]
+__all__ = ["MLP", "MNISTConvNet", "CIFARConvNet"]

@@ -1,0 +1,157 @@
+"""Chapter 5: CIFAR-10 readers (both layouts), the book's augmentations, the CNNs."""
+
+import io
+import pickle
+import tarfile
+
+import numpy as np
+import pytest
+import torch
+
+from fodl.callbacks import first_layer_filters
+from fodl.data.augment import distort, evaluate_view, per_image_standardization
+from fodl.data.cifar import CLASSES, CIFAR10DataModule, read_png_tree, read_python
+from fodl.errors import FodlError
+from fodl.nets import CIFARConvNet, MNISTConvNet
+from fodl.train import train
+
+from conftest import FAST, compose_train, shared_file
+
+
+def _images(n, label, rng):
+    # class-dependent colour so a net can learn it; uint8 (n, 3, 32, 32)
+    base = np.zeros((n, 3, 32, 32)) + np.array([label * 25, 255 - label * 25, (label * 97) % 256])[None, :, None, None]
+    return np.clip(base + rng.normal(0, 20, base.shape), 0, 255).astype(np.uint8)
+
+
+def make_cifar_python(root, per_class=6, seed=0):
+    rng = np.random.default_rng(seed)
+    d = root / "cifar10" / "cifar-10-batches-py"
+    d.mkdir(parents=True)
+    def batch(n_per_class):
+        ys = np.repeat(np.arange(10), n_per_class)
+        x = np.concatenate([_images(n_per_class, c, rng) for c in range(10)])
+        p = rng.permutation(len(ys))
+        return {b"data": x[p].reshape(len(ys), -1), b"labels": ys[p].tolist(), b"batch_label": b"x"}
+    for i in range(1, 6):
+        (d / f"data_batch_{i}").write_bytes(pickle.dumps(batch(per_class)))
+    (d / "test_batch").write_bytes(pickle.dumps(batch(per_class)))
+    return root
+
+
+def make_cifar_png(root, per_class=2, as_tar=False, seed=0):
+    from PIL import Image
+    rng = np.random.default_rng(seed)
+    top = root / "cifar10" / "cifar10_png"
+    for split in ("train", "test"):
+        for c, name in enumerate(CLASSES):
+            (top / split / name).mkdir(parents=True)
+            for i, img in enumerate(_images(per_class, c, rng)):
+                Image.fromarray(img.transpose(1, 2, 0)).save(top / split / name / f"{name}_{i}.png")
+    if as_tar:
+        with tarfile.open(root / "cifar10" / "cifar10_png.tar.gz", "w:gz") as tar:
+            tar.add(top, arcname="cifar10_png")
+        import shutil
+        shutil.rmtree(top)
+    return root
+
+
+@pytest.fixture
+def tiny_cifar(tmp_path):
+    return make_cifar_python(tmp_path / "data")
+
+
+def test_python_batches_through_the_real_reader(tiny_cifar):
+    raw = read_python(tiny_cifar / "cifar10" / "cifar-10-batches-py")
+    assert raw["train_x"].shape == (300, 3, 32, 32) and raw["train_x"].dtype == torch.uint8
+    assert raw["test_x"].shape == (60, 3, 32, 32)
+    assert torch.bincount(raw["train_y"]).tolist() == [30] * 10
+
+
+@pytest.mark.parametrize("as_tar", [False, True])
+def test_png_tree_dir_and_tarball(tmp_path, as_tar):
+    root = make_cifar_png(tmp_path / "d", as_tar=as_tar)
+    src = root / "cifar10" / ("cifar10_png.tar.gz" if as_tar else "cifar10_png")
+    raw = read_png_tree(src)
+    assert raw["train_x"].shape == (20, 3, 32, 32) and raw["test_x"].shape == (20, 3, 32, 32)
+    # the folder name decides the label, in the official class order
+    cat = raw["train_y"] == CLASSES.index("cat")
+    assert cat.sum() == 2
+    assert abs(raw["train_x"][cat][:, 0].float().mean().item() - 3 * 25) < 15
+
+
+def test_datamodule_splits_and_batches(tiny_cifar):
+    dm = CIFAR10DataModule(data_dir=str(tiny_cifar), val_size=50, batch_size=16)
+    dm.setup()
+    assert [len(dm.splits[s][0]) for s in ("train", "val", "test")] == [250, 50, 60]
+    x, y = next(iter(dm.train_dataloader()))
+    assert x.dtype == torch.uint8 and x.shape == (16, 3, 32, 32)
+    tx, _ = dm.transform(x, train=True), None
+    ex = dm.transform(x, train=False)
+    assert tx.shape == ex.shape == (16, 3, 24, 24) and tx.dtype == torch.float32
+
+
+def test_corrupt_batch_and_missing_data(tmp_path, tiny_cifar):
+    (tiny_cifar / "cifar10" / "cifar-10-batches-py" / "data_batch_3").write_bytes(b"garbage")
+    with pytest.raises(FodlError, match="data_batch_3.*corrupt"):
+        CIFAR10DataModule(data_dir=str(tiny_cifar)).setup()
+    with pytest.raises(FodlError, match="FODL_DATA_DIR"):
+        CIFAR10DataModule(data_dir=str(tmp_path / "none"), download=False).setup()
+
+
+def test_augmentations_shapes_determinism_and_train_vs_eval():
+    x = torch.randint(0, 256, (32, 3, 32, 32), dtype=torch.uint8)
+    a = distort(x, torch.Generator().manual_seed(1))
+    b = distort(x, torch.Generator().manual_seed(1))
+    c = distort(x, torch.Generator().manual_seed(2))
+    assert a.shape == (32, 3, 24, 24)
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    e1, e2 = evaluate_view(x), evaluate_view(x)
+    assert torch.equal(e1, e2) and not torch.allclose(a, e1)
+    # per-image standardization: zero mean, unit std per image
+    s = per_image_standardization(torch.rand(4, 3, 24, 24) * 255)
+    assert torch.allclose(s.flatten(1).mean(1), torch.zeros(4), atol=1e-5)
+    assert torch.allclose(s.flatten(1).std(1, unbiased=False), torch.ones(4), atol=1e-4)
+    # the eval view is the exact central crop
+    assert torch.allclose(evaluate_view(x), per_image_standardization(x[:, :, 4:28, 4:28].float()))
+
+
+def test_cnn_shapes_and_filters_grid():
+    assert MNISTConvNet()(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    for bn in (False, True):
+        net = CIFARConvNet(batch_norm=bn)
+        assert net(torch.rand(4, 3, 24, 24)).shape == (4, 10)
+        assert any(isinstance(m, torch.nn.BatchNorm2d) for m in net.modules()) == bn
+    grid = first_layer_filters(CIFARConvNet())
+    assert grid.shape[0] == 3 and grid.shape[1] > 24 and 0 <= grid.min() and grid.max() <= 1
+
+
+@pytest.mark.parametrize("model", ["cifar_cnn", "cifar_cnn_bn"])
+def test_fast_dev_run_cifar_models(tmp_path, tiny_cifar, model):
+    cfg = compose_train([f"model={model}", f"paths.data_dir={tiny_cifar}", *FAST, "data.val_size=50",
+                         "+trainer.fast_dev_run=true", "test=false"], tmp_path / "r")
+    assert torch.isfinite(torch.tensor(train(cfg)["train/loss"]))
+
+
+def test_cifar_cnn_learns_and_logs_filters(tmp_path, tiny_cifar):
+    cfg = compose_train(["model=cifar_cnn_bn", f"paths.data_dir={tiny_cifar}", *FAST,
+                         "data.val_size=50", "trainer.max_epochs=4", "data.batch_size=25",
+                         "data.augment=false"], tmp_path / "r")
+    metrics = train(cfg)
+    assert metrics["test/acc"] > 0.5, metrics  # 10 colour-coded classes; chance is 0.1
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(tmp_path / "r" / "tensorboard")).Reload()
+    assert "filters/first_conv" in acc.Tags()["images"]
+
+
+@pytest.mark.realdata
+def test_real_cifar_png_tarball(tmp_path):
+    shared_file("cifar10", "cifar10_png.tar.gz")
+    dm = CIFAR10DataModule(data_dir=str(shared_file("cifar10").parent), cache_dir=str(tmp_path),
+                           val_size=5000)
+    dm.setup()
+    assert [len(dm.splits[s][0]) for s in ("train", "val", "test")] == [45000, 5000, 10000]
+    test_x = dm.splits["test"][0]
+    assert torch.bincount(dm.splits["test"][1]).tolist() == [1000] * 10
+    means = test_x.float().mean(dim=(0, 2, 3)) / 255
+    assert torch.allclose(means, torch.tensor([0.4942, 0.4851, 0.4504]), atol=2e-3)
