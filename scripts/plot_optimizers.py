@@ -10,7 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from fodl.analysis.optimizers import plot, table
+from fodl.analysis.compare import plot, table
 from fodl.analysis.tblogs import latest, read_sweep
 from fodl.errors import FodlError
 

@@ -155,3 +155,32 @@ def test_real_cifar_png_tarball(tmp_path):
     assert torch.bincount(dm.splits["test"][1]).tolist() == [1000] * 10
     means = test_x.float().mean(dim=(0, 2, 3)) / 255
     assert torch.allclose(means, torch.tensor([0.4942, 0.4851, 0.4504]), atol=2e-3)
+
+
+def test_tsne_and_compare_scripts(tmp_path, tiny_cifar):
+    import subprocess
+    import sys
+    from conftest import ROOT
+    runs = []
+    for model in ("cifar_cnn", "cifar_cnn_bn"):
+        cfg = compose_train([f"model={model}", f"paths.data_dir={tiny_cifar}", *FAST, "data.val_size=50",
+                             "trainer.max_epochs=2", "trainer.log_every_n_steps=1"], tmp_path / model)
+        train(cfg)
+        runs.append(tmp_path / model)
+    (ckpt,) = (tmp_path / "cifar_cnn_bn" / "checkpoints").glob("epoch*.ckpt")
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "tsne.py"), str(ckpt), "--n", "60",
+                        "--data-dir", str(tiny_cifar)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert (tmp_path / "cifar_cnn_bn" / "tsne.png").stat().st_size > 5000
+    out = tmp_path / "fig" / "bn.png"
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "compare_runs.py"), *map(str, runs),
+                        "--out", str(out)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    md = out.with_suffix(".md").read_text()
+    assert out.stat().st_size > 5000 and "| cifar_cnn |" in md and "| cifar_cnn_bn |" in md
+
+
+def test_penultimate_features_shape():
+    from fodl.analysis.embedding import penultimate_features
+    feats = penultimate_features(CIFARConvNet(), torch.rand(7, 3, 24, 24), batch_size=3)
+    assert feats.shape == (7, 192)

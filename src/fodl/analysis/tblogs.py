@@ -36,7 +36,11 @@ def read_run(path: Path) -> Run:
     overrides = yaml.safe_load(overrides_file.read_text()) if overrides_file.is_file() else []
     config_file = path / ".hydra" / "config.yaml"
     config = yaml.safe_load(config_file.read_text()) if config_file.is_file() else {}
-    label = next((o.split("=", 1)[1] for o in overrides if o.startswith("optimizer=")), path.name)
+    hydra_file = path / ".hydra" / "hydra.yaml"
+    choices = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("runtime", {}).get(
+        "choices", {}) if hydra_file.is_file() else {}
+    label = next((o.split("=", 1)[1] for o in overrides if o.startswith("optimizer=")),
+                 choices.get("model") or path.name)
     tb = path / "tensorboard"
     return Run(path, label, config, json.loads((path / "metrics.json").read_text()),
                read_scalars(tb) if tb.is_dir() else {})

@@ -1,4 +1,4 @@
-"""Chapter 4's optimizer comparison: curves (PNG) and final accuracies (markdown) from a sweep."""
+"""Comparing runs (chapter 4 optimizers, chapter 5 batch norm): curves (PNG) and a markdown table."""
 
 from __future__ import annotations
 
@@ -15,7 +15,9 @@ def minibatches_per_logged_step(run: Run) -> int:
     return int(run.config.get("data", {}).get("steps_per_execution", 1) or 1)
 
 
-def plot(runs: list[Run], out_png: Path) -> Path:
+def plot(runs: list[Run], out_png: Path,
+         title: str = "MNIST MLP 784-256-256-10: optimizers (book chapter 4)") -> Path:
+    """Training cost per minibatch and validation error per epoch of each run."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -34,7 +36,7 @@ def plot(runs: list[Run], out_png: Path) -> Path:
     for ax in (ax_cost, ax_err):
         ax.grid(alpha=0.3, which="both")
         ax.legend()
-    fig.suptitle("MNIST MLP 784-256-256-10: optimizers (book chapter 4)")
+    fig.suptitle(title)
     fig.tight_layout()
     out_png.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out_png, dpi=120)
@@ -43,7 +45,7 @@ def plot(runs: list[Run], out_png: Path) -> Path:
 
 
 def table(runs: list[Run]) -> str:
-    lines = ["| optimizer | epochs | final train cost | best val acc | test acc | book test acc |",
+    lines = ["| run | epochs | final train cost | best val acc | test acc | book test acc |",
              "|---|---|---|---|---|---|"]
     for run in runs:
         val = [v for _, v in run.scalars.get("val/acc", [])]
