@@ -30,7 +30,7 @@ benchmark: install      ## fodl vs a plain PyTorch loop, same process, same data
 reproduce: install      ## the book's chapter 3-4 experiments with the book's hyperparameters
 	$(PY) scripts/train.py experiment=book/ch3_logreg
 	$(PY) scripts/train.py experiment=book/ch3_mnist_mlp
-	$(PY) scripts/train.py -m experiment=book/ch4_optimizers
+	$(PY) scripts/train.py experiment=book/ch4_optimizers
 	$(PY) scripts/plot_optimizers.py
 
 tensorboard: install

@@ -75,3 +75,14 @@ def test_multirun_two_models(workdir):
     assert len(jobs) == 2 and "model=logreg" in jobs[0] and "model=mnist_mlp" in jobs[1]
     for job in jobs:
         assert "test/acc" in json.loads((sweep / job / "metrics.json").read_text())
+
+
+@pytest.mark.slow
+def test_optuna_search_runs(workdir):
+    pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
+    r = run_script("train.py", ["hparams_search=mnist_mlp_optuna", "hydra.sweeper.n_trials=2",
+                                *_data(workdir), "trainer.max_epochs=1"], workdir)
+    assert r.returncode == 0, r.stderr[-3000:]
+    (sweep,) = (workdir / "outputs" / "hparams_search").iterdir()
+    assert (sweep / "optimization_results.yaml").is_file()
+    assert len([p for p in sweep.iterdir() if (p / "metrics.json").is_file()]) == 2
