@@ -122,3 +122,17 @@ def test_momentum_reaches_the_cost_sooner(tiny_mnist):
     sgd = steps_to_cost(["optimizer=sgd", *common], str(tiny_mnist), threshold=0.3, window=10, max_epochs=30)
     mom = steps_to_cost(["optimizer=momentum", *common], str(tiny_mnist), threshold=0.3, window=10, max_epochs=30)
     assert mom is not None and sgd is not None and mom < sgd
+
+
+def test_dead_logits_finds_a_killed_class(tmp_path, tiny_mnist):
+    cfg = compose_train([f"paths.data_dir={tiny_mnist}", *FAST, "data.val_size=200", "trainer.max_epochs=1",
+                         "test=false", "model.net.output_activation=relu"], tmp_path / "sweep" / "0")
+    train(cfg)
+    ckpt = tmp_path / "sweep" / "0" / "checkpoints" / "last.ckpt"
+    state = torch.load(ckpt, weights_only=False)
+    state["state_dict"]["net.layers.4.bias"][3] = -1e4  # output unit 3 can never fire again
+    torch.save(state, ckpt)
+    r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dead_logits.py"), str(tmp_path / "sweep"),
+                        "--data-dir", str(tiny_mnist)], capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "| 1 [3] |" in r.stdout and "1 of 1 runs lost" in r.stdout

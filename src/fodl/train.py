@@ -14,7 +14,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from fodl.callbacks import ConfigInCheckpoint
-from fodl.checkpoint import check_compatible, read_checkpoint
+from fodl.checkpoint import check_compatible, load_module, read_checkpoint
 from fodl.errors import FodlError
 
 log = logging.getLogger(__name__)
@@ -36,6 +36,10 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
         else:
             out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
     return out
+
+
+def _floats(metrics) -> dict[str, float]:
+    return {k: float(v) for k, v in metrics.items()}
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
@@ -60,7 +64,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 def train(cfg: DictConfig) -> dict[str, float]:
     """Fit (and test) the configured model; return the final metrics as floats."""
     datamodule, model, trainer = build(cfg)
-    resolved = OmegaConf.to_container(cfg, resolve=True)
+    resolved = next(c.config for c in trainer.callbacks if isinstance(c, ConfigInCheckpoint))
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
@@ -68,14 +72,14 @@ def train(cfg: DictConfig) -> dict[str, float]:
         log.info("resuming from %s", ckpt_path)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics = _floats(trainer.callback_metrics)
 
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
         if best is None:
             log.warning("no best checkpoint; testing the weights at the end of training")
         test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=True)
-        metrics.update({k: float(v) for k, v in (test_metrics[0] if test_metrics else {}).items()})
+        metrics.update(_floats(test_metrics[0] if test_metrics else {}))
 
     if trainer.is_global_zero:
         # hparams with final metrics (TensorBoard's HPARAMS tab); "hp/" keeps these single
@@ -93,8 +97,6 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on the split ``cfg.split`` with the config stored inside it."""
-    from fodl.checkpoint import load_module
-
     if cfg.split not in ("test", "val"):
         raise FodlError(f"split={cfg.split!r}: choose test or val.")
     overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
@@ -105,7 +107,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
     run = trainer.test if cfg.split == "test" else trainer.validate
     result = run(module, datamodule=datamodule, verbose=True)
-    metrics = {k: float(v) for k, v in (result[0] if result else {}).items()}
+    metrics = _floats(result[0] if result else {})
     if trainer.is_global_zero:
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Why the book's momentum run stalled at 86.83%: count "dead" output units of MLPs trained with
+the book's ReLU on the logits (model.net.output_activation=relu). A unit is dead when its
+pre-ReLU logit is negative for every validation image: it outputs 0, gets no gradient, and
+its class can only win by ties.
+
+    python scripts/train.py -m model=mnist_mlp optimizer=momentum model.net.output_activation=relu \\
+        seed=0,1,2,3,4,5,6,7,8,9 trainer.max_epochs=3 test=false
+    python scripts/dead_logits.py outputs/multiruns/<time>
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+from hydra.utils import instantiate
+
+from fodl.checkpoint import load_module
+from fodl.errors import FodlError
+
+
+@torch.no_grad()
+def dead_units(ckpt: Path, data_dir: str | None) -> tuple[int, float, list[int]]:
+    module, data_cfg, cfg = load_module(ckpt, {"data_dir": data_dir} if data_dir else None)
+    dm = instantiate(data_cfg)
+    dm.setup("fit")
+    x, y = dm.splits["val"]
+    layers = module.net.layers
+    if not isinstance(layers[-1], torch.nn.ReLU):
+        raise FodlError(f"{ckpt}: this MLP has linear logits (output_activation is not relu).")
+    pre = layers[:-1](x.flatten(1))  # logits before the output ReLU
+    dead = [int(c) for c in torch.nonzero(pre.max(0).values < 0).flatten()]
+    acc = (layers[-1](pre).argmax(1) == y).float().mean().item()
+    return cfg.seed, acc, dead
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("sweep_dir")
+    ap.add_argument("--data-dir", default=None)
+    args = ap.parse_args()
+    rows = []
+    try:
+        for ckpt in sorted(Path(args.sweep_dir).glob("*/checkpoints/last.ckpt")):
+            rows.append(dead_units(ckpt, args.data_dir))
+    except FodlError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if not rows:
+        print(f"error: no */checkpoints/last.ckpt under {args.sweep_dir}", file=sys.stderr)
+        return 2
+    print("| seed | val acc | dead output units (classes) |\n|---|---|---|")
+    for seed, acc, dead in sorted(rows):
+        print(f"| {seed} | {acc:.4f} | {len(dead)} {dead if dead else ''} |")
+    n_bad = sum(1 for _, _, d in rows if d)
+    print(f"\n{n_bad} of {len(rows)} runs lost at least one class to a dead output ReLU.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
