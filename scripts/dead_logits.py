@@ -2,7 +2,8 @@
 """Why the book's momentum run stalled at 86.83%: count "dead" output units of MLPs trained with
 the book's ReLU on the logits (model.net.output_activation=relu). A unit is dead when its
 pre-ReLU logit is negative for every validation image: it outputs 0, gets no gradient, and
-its class can only win by ties.
+its class can only win by ties. A "dying" unit is positive on only a few images of its own
+class; the table shows, for the worst class, that fraction and the class's recall.
 
     python scripts/train.py -m model=mnist_mlp optimizer=momentum model.net.output_activation=relu \\
         seed=0,1,2,3,4,5,6,7,8,9 trainer.max_epochs=3 test=false
@@ -21,7 +22,7 @@ from fodl.errors import FodlError
 
 
 @torch.no_grad()
-def dead_units(ckpt: Path, data_dir: str | None) -> tuple[int, float, list[int]]:
+def dead_units(ckpt: Path, data_dir: str | None) -> tuple[int, float, list[int], int, float, float]:
     module, data_cfg, cfg = load_module(ckpt, {"data_dir": data_dir} if data_dir else None)
     dm = instantiate(data_cfg)
     dm.setup("fit")
@@ -31,8 +32,13 @@ def dead_units(ckpt: Path, data_dir: str | None) -> tuple[int, float, list[int]]
         raise FodlError(f"{ckpt}: this MLP has linear logits (output_activation is not relu).")
     pre = layers[:-1](x.flatten(1))  # logits before the output ReLU
     dead = [int(c) for c in torch.nonzero(pre.max(0).values < 0).flatten()]
-    acc = (layers[-1](pre).argmax(1) == y).float().mean().item()
-    return cfg.seed, acc, dead
+    pred = layers[-1](pre).argmax(1)
+    acc = (pred == y).float().mean().item()
+    classes = range(pre.shape[1])
+    alive = torch.tensor([(pre[y == c, c] > 0).float().mean().item() for c in classes])
+    worst = int(alive.argmin())
+    recall = (pred[y == worst] == worst).float().mean().item()
+    return cfg.seed, acc, dead, worst, float(alive[worst]), recall
 
 
 def main() -> int:
@@ -50,11 +56,12 @@ def main() -> int:
     if not rows:
         print(f"error: no */checkpoints/last.ckpt under {args.sweep_dir}", file=sys.stderr)
         return 2
-    print("| seed | val acc | dead output units (classes) |\n|---|---|---|")
-    for seed, acc, dead in sorted(rows):
-        print(f"| {seed} | {acc:.4f} | {len(dead)} {dead if dead else ''} |")
-    n_bad = sum(1 for _, _, d in rows if d)
-    print(f"\n{n_bad} of {len(rows)} runs lost at least one class to a dead output ReLU.")
+    print("| seed | val acc | dead output units (classes) | least-alive class | its logit > 0 on | its recall |")
+    print("|---|---|---|---|---|---|")
+    for seed, acc, dead, worst, alive, recall in sorted(rows):
+        print(f"| {seed} | {acc:.4f} | {len(dead)} {dead if dead else ''} | {worst} | {alive:.1%} | {recall:.1%} |")
+    n_bad = sum(1 for r in rows if r[4] < 0.01)
+    print(f"\n{n_bad} of {len(rows)} runs lost a class: its output ReLU is off for (almost) all of its images.")
     return 0
 
 
