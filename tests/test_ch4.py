@@ -135,4 +135,4 @@ def test_dead_logits_finds_a_killed_class(tmp_path, tiny_mnist):
     r = subprocess.run([sys.executable, str(ROOT / "scripts" / "dead_logits.py"), str(tmp_path / "sweep"),
                         "--data-dir", str(tiny_mnist)], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
-    assert "| 1 [3] | 3 | 0.0% | 0.0% |" in r.stdout and "1 of 1 runs lost a class" in r.stdout
+    assert "| 1 [3] |" in r.stdout and "1 of 1 runs lost a class" in r.stdout
