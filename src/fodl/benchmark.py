@@ -17,10 +17,17 @@ from fodl.train import build
 
 
 class EpochTimer(L.Callback):
-    """Wall time of each training epoch, excluding its validation pass."""
+    """Wall time of each training epoch, excluding its validation pass.
 
-    def __init__(self) -> None:
+    With ``before_epoch`` set, that function (a plain-loop epoch) runs and is timed right
+    before each fodl epoch, so the two are measured under the same machine conditions
+    (a shared VM's speed drifts by tens of percent within minutes).
+    """
+
+    def __init__(self, before_epoch=None) -> None:
         self.times: list[float] = []
+        self.before_times: list[float] = []
+        self.before_epoch = before_epoch
         self._t0 = 0.0
         self._open = False
 
@@ -29,6 +36,8 @@ class EpochTimer(L.Callback):
             torch.cuda.synchronize()
 
     def on_train_epoch_start(self, trainer, pl_module):
+        if self.before_epoch is not None:
+            self.before_times.append(self.before_epoch(trainer.current_epoch))
         self._sync(trainer)
         self._t0, self._open = time.perf_counter(), True
 
@@ -70,14 +79,16 @@ def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x:
 
 def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu",
             extra: list[str] | None = None) -> dict[str, float]:
-    """Per-epoch seconds (best epoch after the first) of the plain loop and of fodl."""
+    """Seconds per training epoch of a plain loop and of fodl, interleaved epoch by epoch
+    (plain, fodl, plain, fodl, ...); the first pair is warm-up. Returns the medians and the
+    median of the per-pair ratios."""
+    import statistics
+
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_run([f"model={model}", f"paths.data_dir={data_dir}", f"paths.root_dir={tmp}",
                            f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}",
                            "test=false", *(extra or [])], Path(tmp) / "run")
         datamodule, module, trainer = build(cfg)
-        timer = EpochTimer()
-        trainer.callbacks.append(timer)
 
         # the plain loop: same data tensors, same architecture, same optimizer config
         datamodule.setup("fit")
@@ -85,11 +96,17 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
         x, y = (t.to(device) for t in datamodule.splits["train"])
         net = copy.deepcopy(module.net).to(device)
         opt = instantiate(cfg.optimizer)(params=net.parameters())
-        plain = plain_loop_epochs(net, opt, x, y, cfg.data.batch_size, epochs)
 
+        def plain_epoch(epoch: int) -> float:
+            return plain_loop_epochs(net, opt, x, y, cfg.data.batch_size, 1, seed=epoch)[0]
+
+        timer = EpochTimer(before_epoch=plain_epoch)
+        trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=datamodule)
-    p, f = min(plain[1:] or plain), min(timer.times[1:] or timer.times)
-    return {"plain_s": p, "fodl_s": f, "ratio": f / p, "steps": len(x) // cfg.data.batch_size}
+    plain, fodl = timer.before_times[1:] or timer.before_times, timer.times[1:] or timer.times
+    return {"plain_s": statistics.median(plain), "fodl_s": statistics.median(fodl),
+            "ratio": statistics.median(f / p for p, f in zip(plain, fodl)),
+            "steps": len(x) // cfg.data.batch_size}
 
 
 def time_to_accuracy(overrides: list[str], data_dir: str, target: float) -> dict[str, float]:
