@@ -45,7 +45,7 @@ def main() -> int:
         r = compare(model, args.data_dir, args.epochs, args.accelerator, args.overrides)
         rows.append((model, r))
     dev = torch.cuda.get_device_name() if args.accelerator == "gpu" else f"CPU, {torch.get_num_threads()} threads"
-    print(f"\n| model | device | steps/epoch | plain PyTorch s/epoch | fodl s/epoch | ratio (median of pairs) |")
+    print("\n| model | device | steps/epoch | plain PyTorch s/epoch | fodl s/epoch | ratio (median of pairs) |")
     print("|---|---|---|---|---|---|")
     for model, r in rows:
         print(f"| {model} | {dev} | {r['steps']} | {r['plain_s']:.2f} | {r['fodl_s']:.2f} | {r['ratio']:.2f}x |")

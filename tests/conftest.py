@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from fodl.config import CONF_DIR, compose_run
+
+from fodl.config import compose_run
 from fodl.data.idx import write_idx
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -9,12 +9,11 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 
+from conftest import FAST, ROOT, compose_train
 from fodl.analysis.interpolation import alpha_grid, cost, interpolate
 from fodl.config import CONF_DIR
 from fodl.nets import MLP
 from fodl.train import train
-
-from conftest import FAST, ROOT, compose_train
 
 OPTIMIZERS = sorted(p.stem for p in (CONF_DIR / "optimizer").glob("*.yaml"))
 
@@ -118,7 +117,7 @@ def test_plot_script_without_sweep_says_how_to_make_one(tmp_path):
 
 def test_momentum_reaches_the_cost_sooner(tiny_mnist):
     from fodl.analysis.momentum import steps_to_cost
-    common = [f"data.val_size=200", "data.batch_size=20"]
+    common = ["data.val_size=200", "data.batch_size=20"]
     sgd = steps_to_cost(["optimizer=sgd", *common], str(tiny_mnist), threshold=0.3, window=10, max_epochs=30)
     mom = steps_to_cost(["optimizer=momentum", *common], str(tiny_mnist), threshold=0.3, window=10, max_epochs=30)
     assert mom is not None and sgd is not None and mom < sgd

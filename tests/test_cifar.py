@@ -1,6 +1,5 @@
 """Chapter 5: CIFAR-10 readers (both layouts), the book's augmentations, the CNNs."""
 
-import io
 import pickle
 import tarfile
 
@@ -8,14 +7,13 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import FAST, compose_train, shared_file
 from fodl.callbacks import first_layer_filters
 from fodl.data.augment import distort, evaluate_view, per_image_standardization
 from fodl.data.cifar import CLASSES, CIFAR10DataModule, read_png_tree, read_python
 from fodl.errors import FodlError
 from fodl.nets import CIFARConvNet, MNISTConvNet
 from fodl.train import train
-
-from conftest import FAST, compose_train, shared_file
 
 
 def _images(n, label, rng):
@@ -160,6 +158,7 @@ def test_real_cifar_png_tarball(tmp_path):
 def test_tsne_and_compare_scripts(tmp_path, tiny_cifar):
     import subprocess
     import sys
+
     from conftest import ROOT
     runs = []
     for model in ("cifar_cnn", "cifar_cnn_bn"):

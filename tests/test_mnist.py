@@ -3,17 +3,16 @@ import urllib.error
 import pytest
 import torch
 
+from conftest import make_mnist_like, shared_file
 from fodl.data.mnist import MNISTDataModule, load_mnist_files
 from fodl.errors import FodlError
-
-from conftest import make_mnist_like, shared_file
 
 
 def test_reads_real_format_files_and_splits(tiny_mnist, tmp_path):
     dm = MNISTDataModule(data_dir=str(tiny_mnist), cache_dir=str(tmp_path / "c"), val_size=200,
                          batch_size=50)
     dm.setup("fit")
-    (xtr, ytr), (xv, yv), (xte, yte) = dm.splits["train"], dm.splits["val"], dm.splits["test"]
+    (xtr, ytr), (xv, yv), (xte, _) = dm.splits["train"], dm.splits["val"], dm.splits["test"]
     assert xtr.shape == (1000, 1, 28, 28) and xv.shape == (200, 1, 28, 28) and xte.shape == (300, 1, 28, 28)
     assert xtr.dtype == torch.float32 and ytr.dtype == torch.int64
     assert 0.0 <= xtr.min() and xtr.max() <= 1.0
@@ -62,6 +61,7 @@ def test_md5_mode_rejects_non_original_files(tiny_mnist):
 
 def test_label_image_count_mismatch(tmp_path):
     import numpy as np
+
     from fodl.data.idx import write_idx
     root = make_mnist_like(tmp_path / "d", n_train=100, n_test=50)
     write_idx(root / "mnist" / "t10k-labels-idx1-ubyte.gz", np.zeros(49, dtype=np.uint8))
@@ -90,3 +90,13 @@ def test_real_mnist_is_the_official_set(tmp_path):
     assert [len(dm.splits[s][0]) for s in ("train", "val", "test")] == [55000, 5000, 10000]
     assert abs(float(dm.splits["test"][0].mean()) - 0.1325) < 2e-3  # official test pixel mean
     assert torch.bincount(dm.splits["test"][1]).tolist()[:3] == [980, 1135, 1032]
+
+
+def test_wrong_shape_is_named(tmp_path):
+    import numpy as np
+
+    from fodl.data.idx import write_idx
+    root = make_mnist_like(tmp_path / "d", n_train=100, n_test=50)
+    write_idx(root / "mnist" / "t10k-images-idx3-ubyte.gz", np.zeros((50, 32, 32), dtype=np.uint8))
+    with pytest.raises(FodlError, match=r"t10k-images.*\(50, 32, 32\).*\(N, 28, 28\)"):
+        MNISTDataModule(data_dir=str(root), val_size=10).setup()

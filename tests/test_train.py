@@ -5,11 +5,10 @@ import json
 import pytest
 import torch
 
+from conftest import FAST, SHARED_DATA, compose_train, shared_file
 from fodl.checkpoint import read_checkpoint
 from fodl.errors import FodlError
 from fodl.train import evaluate, train
-
-from conftest import FAST, SHARED_DATA, compose_train, shared_file
 
 
 def _cfg(tmp_path, data_dir, *overrides, run="run"):

@@ -58,11 +58,9 @@ def load_mnist_files(root: Path, verify: str = "content") -> dict[str, torch.Ten
             )
         t = read_idx(path)
         if t.dtype != torch.uint8 or tuple(t.shape[1:]) != shape[1:]:
-            raise FodlError(
-                f"{path} holds a {t.dtype} array of shape {tuple(t.shape)}; MNIST needs uint8 of "
-                f"shape (N, {', '.join(map(str, shape[1:]))})." if len(shape) > 1 else
-                f"{path} holds a {t.dtype} array of shape {tuple(t.shape)}; MNIST labels need uint8 (N,)."
-            )
+            want = "(N, 28, 28) images" if len(shape) > 1 else "(N,) labels"
+            raise FodlError(f"{path} holds a {t.dtype} array of shape {tuple(t.shape)}; MNIST needs "
+                            f"uint8 {want}. Replace it with the original file.")
         if len(t) != shape[0]:
             log.warning("%s has %d examples, not the official %d", path, len(t), shape[0])
         out[key] = t

@@ -57,8 +57,7 @@ class ClassifierModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
-        self._loss_sum: torch.Tensor | None = None
-        self._loss_count = 0
+        self._epoch_losses: list[torch.Tensor] = []  # appended, not re-assigned: no Module.__setattr__ per step
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -87,18 +86,16 @@ class ClassifierModule(L.LightningModule):
         opt.step()
         if self.scheduler_factory and self.hparams.scheduler_interval == "step":
             self.lr_schedulers().step()
-        detached = loss.detach()
-        self._loss_sum = detached if self._loss_sum is None else self._loss_sum + detached
-        self._loss_count += 1
+        self._epoch_losses.append(loss.detach())
         return loss
 
     def on_train_epoch_end(self) -> None:
         if self.scheduler_factory and self.hparams.scheduler_interval == "epoch":
             self.lr_schedulers().step()
-        if self._loss_count:
-            mean = self._loss_sum / self._loss_count
+        if self._epoch_losses:
+            mean = torch.stack(self._epoch_losses).mean()
             self.log("train/loss", mean, on_epoch=True, sync_dist=True, prog_bar=True)
-        self._loss_sum, self._loss_count = None, 0
+        self._epoch_losses.clear()
 
     # -- evaluation ----------------------------------------------------------------------
     def _eval_step(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
