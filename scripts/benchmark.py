@@ -9,26 +9,21 @@ Reads MNIST from --data-dir (default: $FODL_DATA_DIR, else ../shared/data, else 
 """
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 import torch
 
 from fodl.benchmark import compare, time_to_accuracy
+from fodl.config import default_data_dir
 
 
 def main() -> int:
-    here = Path(__file__).resolve().parents[1]
-    default_data = os.environ.get("FODL_DATA_DIR") or (
-        str(here.parent / "shared" / "data") if (here.parent / "shared" / "data" / "mnist").is_dir()
-        else str(here / "data"))
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["mnist_mlp", "mnist_cnn"])
     ap.add_argument("--epochs", type=int, default=6,
                     help="epochs of each, interleaved plain/fodl; the first pair is warm-up")
     ap.add_argument("--accelerator", default="cpu", choices=["cpu", "gpu"])
-    ap.add_argument("--data-dir", default=default_data)
+    ap.add_argument("--data-dir", default=default_data_dir())
     ap.add_argument("--time-to", type=float, default=None, metavar="ACC",
                     help="instead: time fodl's fit until val/acc >= ACC (give model/experiment overrides)")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the fodl run")

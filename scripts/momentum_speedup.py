@@ -6,22 +6,18 @@ with plain SGD (0.01) and with momentum (0.01, 0.9). Book: ~18,000 vs just over 
 """
 
 import argparse
-import os
 import sys
-from pathlib import Path
 
 from fodl.analysis.momentum import steps_to_cost
+from fodl.config import default_data_dir
 
 
 def main() -> int:
-    here = Path(__file__).resolve().parents[1]
-    shared = here.parent / "shared" / "data"
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--threshold", type=float, default=0.1)
     ap.add_argument("--window", type=int, default=100, help="minibatches in the running mean of the cost")
     ap.add_argument("--max-epochs", type=int, default=100)
-    ap.add_argument("--data-dir", default=os.environ.get("FODL_DATA_DIR") or
-                    (str(shared) if (shared / "mnist").is_dir() else str(here / "data")))
+    ap.add_argument("--data-dir", default=default_data_dir())
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides, e.g. model.net.output_activation=relu")
     args = ap.parse_args()
     rows = []

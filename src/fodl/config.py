@@ -26,3 +26,13 @@ def compose_run(overrides: list[str], output_dir: str | Path, config_name: str =
     with read_write(cfg), open_dict(cfg):
         del cfg["hydra"]  # as in a real run: the task function sees no hydra node
     return cfg
+
+
+def default_data_dir() -> str:
+    """For the analysis/benchmark scripts: ``$FODL_DATA_DIR``, else ``../shared/data`` next to
+    this checkout when it holds MNIST, else ``./data``."""
+    import os
+
+    shared = CONF_DIR.parents[1] / "shared" / "data"
+    return os.environ.get("FODL_DATA_DIR") or (
+        str(shared) if (shared / "mnist").is_dir() else str(CONF_DIR.parent / "data"))
