@@ -15,17 +15,14 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
-from fodl.checkpoint import load_module
+from fodl.checkpoint import load_run
 from fodl.errors import FodlError
 
 
 @torch.no_grad()
 def dead_units(ckpt: Path, data_dir: str | None) -> tuple[int, float, list[int], int, float, float]:
-    module, data_cfg, cfg = load_module(ckpt, {"data_dir": data_dir} if data_dir else None)
-    dm = instantiate(data_cfg)
-    dm.setup("fit")
+    module, dm, cfg = load_run(ckpt, data_dir, "fit")
     x, y = dm.splits["val"]
     layers = module.net.layers
     if not isinstance(layers[-1], torch.nn.ReLU):

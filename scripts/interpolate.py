@@ -20,16 +20,14 @@ import torch
 from hydra.utils import instantiate
 
 from fodl.analysis.interpolation import alpha_grid, interpolate
-from fodl.checkpoint import load_module
+from fodl.checkpoint import load_run
 from fodl.errors import FodlError
 
 
 def run(ckpt: str, out: Path, seed: int = 0, step: float = 0.01, data_dir: str | None = None) -> dict:
-    module, data_cfg, cfg = load_module(ckpt, {"data_dir": data_dir} if data_dir else None)
+    module, dm, cfg = load_run(ckpt, data_dir, "test")
     torch.manual_seed(seed)
     initial = instantiate(cfg.model.net)  # a fresh draw of the run's own initialisation
-    dm = instantiate(data_cfg)
-    dm.setup("test")
     x, y = dm.splits["test"]
     alphas = alpha_grid(-2.0, 2.0, step)
     costs = interpolate(module.net, initial, x, y, alphas)

@@ -12,17 +12,14 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra.utils import instantiate
 
 from fodl.analysis.embedding import penultimate_features, tsne
-from fodl.checkpoint import load_module
+from fodl.checkpoint import load_run
 from fodl.errors import FodlError
 
 
 def run(ckpt: str, out: Path, n: int = 2000, seed: int = 0, data_dir: str | None = None) -> Path:
-    module, data_cfg, _ = load_module(ckpt, {"data_dir": data_dir} if data_dir else None)
-    dm = instantiate(data_cfg)
-    dm.setup("test")
+    module, dm, _ = load_run(ckpt, data_dir, "test")
     x, y = dm.splits["test"]
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     x, y = x[idx], y[idx]

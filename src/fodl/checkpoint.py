@@ -68,3 +68,12 @@ def load_module(path: str | Path, data_overrides: dict[str, Any] | None = None):
     module.load_state_dict(ckpt["state_dict"])
     data_cfg = OmegaConf.merge(cfg.data, data_overrides or {})
     return module, data_cfg, cfg
+
+
+def load_run(path: str | Path, data_dir: str | None = None, stage: str = "test"):
+    """``(module, datamodule, config)`` of a fodl checkpoint, the datamodule set up for ``stage``
+    and reading from ``data_dir`` when given (else the directory stored in the checkpoint)."""
+    module, data_cfg, cfg = load_module(path, {"data_dir": data_dir} if data_dir else None)
+    datamodule = instantiate(data_cfg)
+    datamodule.setup(stage)
+    return module, datamodule, cfg

@@ -67,8 +67,12 @@ class ClassifierModule(L.LightningModule):
         # a list of (x, y) is a group of minibatches (data.steps_per_execution > 1): one
         # optimizer step for each, exactly as if they had come one at a time
         grouped = isinstance(batch, list)
+        opt = self.optimizers()
+        clip = self.hparams.gradient_clip_val
+        step_scheduler = self.lr_schedulers() if (
+            self.scheduler_factory and self.hparams.scheduler_interval == "step") else None
         for x, y in batch if grouped else (batch,):
-            loss = self._optimizer_step(x, y)
+            loss = self._optimizer_step(opt, x, y, clip, step_scheduler)
         # Lightning writes step metrics every trainer.log_every_n_steps *batches*; logging only
         # on those batches keeps self.log's cost off the other steps. (With grouped batches the
         # cost is already amortised, so log every group and let Lightning pick.)
@@ -76,16 +80,16 @@ class ClassifierModule(L.LightningModule):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
-    def _optimizer_step(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        opt = self.optimizers()
+    def _optimizer_step(self, opt, x: torch.Tensor, y: torch.Tensor, clip: float | None,
+                        step_scheduler) -> torch.Tensor:
         loss = F.cross_entropy(self.net(x), y)
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
-        if self.hparams.gradient_clip_val:
-            self.clip_gradients(opt, gradient_clip_val=self.hparams.gradient_clip_val)
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=clip)
         opt.step()
-        if self.scheduler_factory and self.hparams.scheduler_interval == "step":
-            self.lr_schedulers().step()
+        if step_scheduler is not None:
+            step_scheduler.step()
         self._epoch_losses.append(loss.detach())
         return loss
 
