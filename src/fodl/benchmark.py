@@ -84,6 +84,7 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
     median of the per-pair ratios."""
     import statistics
 
+    torch.set_float32_matmul_precision("high")  # as scripts/train.py runs (TF32 on GPUs)
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_run([f"model={model}", f"paths.data_dir={data_dir}", f"paths.root_dir={tmp}",
                            f"trainer.max_epochs={epochs}", f"trainer.accelerator={accelerator}",

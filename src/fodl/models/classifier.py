@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-import lightning as L
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from fodl.models.base import FodlModule
 
-class ClassifierModule(L.LightningModule):
+
+class ClassifierModule(FodlModule):
     """Softmax cross-entropy classifier around an injected ``net``.
 
     Args:
