@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from fodl.errors import FodlError
 from fodl.models.base import FodlModule
 
 
@@ -22,6 +23,11 @@ class ClassifierModule(FodlModule):
             ``scheduler_interval="step"``.
         num_classes: for the accuracy metrics.
         gradient_clip_val: clip the gradient norm to this value (None: no clipping).
+        cuda_graph: on one GPU, capture the net's forward and backward pass as CUDA graphs
+            (``torch.cuda.make_graphed_callables``) at the first training batch and replay them
+            for every batch of that shape: one launch instead of dozens of small kernels, which
+            is what bounds the book's tiny nets on a GPU. Loss, optimizer step, hooks and
+            logging stay eager; evaluation and odd-sized batches run the eager net.
 
     Optimisation is Lightning's *manual* optimisation: one ``zero_grad / manual_backward /
     step`` per batch. It computes exactly what automatic optimisation does, without the
@@ -49,6 +55,7 @@ class ClassifierModule(FodlModule):
         scheduler_interval: str = "epoch",
         num_classes: int = 10,
         gradient_clip_val: float | None = None,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False
@@ -59,6 +66,7 @@ class ClassifierModule(FodlModule):
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self._epoch_losses: list[torch.Tensor] = []  # appended, not re-assigned: no Module.__setattr__ per step
+        self._graph_shape: torch.Size | None = None  # input shape the net was graphed for
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
@@ -72,6 +80,8 @@ class ClassifierModule(FodlModule):
         clip = self.hparams.gradient_clip_val
         step_scheduler = self.lr_schedulers() if (
             self.scheduler_factory and self.hparams.scheduler_interval == "step") else None
+        if self.hparams.cuda_graph and self._graph_shape is None:
+            self._capture((batch[0] if grouped else batch)[0])
         for x, y in batch if grouped else (batch,):
             loss = self._optimizer_step(opt, x, y, clip, step_scheduler)
         # Lightning writes step metrics every trainer.log_every_n_steps *batches*; logging only
@@ -83,8 +93,12 @@ class ClassifierModule(FodlModule):
 
     def _optimizer_step(self, opt, x: torch.Tensor, y: torch.Tensor, clip: float | None,
                         step_scheduler) -> torch.Tensor:
-        loss = F.cross_entropy(self.net(x), y)
-        opt.zero_grad(set_to_none=True)
+        if self._graph_shape is None or x.shape == self._graph_shape:
+            logits = self.net(x)
+        else:  # graphed for another shape (e.g. the epoch's last, smaller batch): run eagerly
+            logits = type(self.net).forward(self.net, x)
+        loss = F.cross_entropy(logits, y)
+        opt.zero_grad(set_to_none=True)  # also right for graphed grads (never accumulated into)
         self.manual_backward(loss)
         if clip:
             self.clip_gradients(opt, gradient_clip_val=clip)
@@ -93,6 +107,38 @@ class ClassifierModule(FodlModule):
             step_scheduler.step()
         self._epoch_losses.append(loss.detach())
         return loss
+
+    # -- CUDA graphs --------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if not self.hparams.cuda_graph:
+            return
+        t = self.trainer
+        if self.device.type != "cuda":
+            raise FodlError(f"model.cuda_graph=true captures the training step as CUDA graphs and "
+                            f"needs a GPU, but this run trains on {self.device.type}. Add trainer=gpu "
+                            f"(trainer.accelerator=gpu), or set model.cuda_graph=false.")
+        if t.world_size > 1:
+            raise FodlError(f"model.cuda_graph=true runs on one GPU, but this run uses "
+                            f"{t.world_size} processes (trainer.devices). Set trainer.devices=1, or "
+                            f"model.cuda_graph=false for multi-device runs.")
+        if str(t.precision) not in ("32-true", "32"):
+            raise FodlError(f"model.cuda_graph=true needs trainer.precision=32-true (got "
+                            f"{t.precision!r}: autocast cannot run inside a captured graph). Set "
+                            f"trainer.precision=32-true or model.cuda_graph=false.")
+
+    def _capture(self, x: torch.Tensor) -> None:
+        """Graph ``self.net`` (forward + backward, training mode) for inputs shaped like ``x``.
+
+        ``make_graphed_callables`` runs three warm-up passes on ``x``; they leave parameters
+        and gradients alone but update running statistics (batch norm), so the buffers are put
+        back: the graphed run trains exactly as the eager one would.
+        """
+        saved = [b.detach().clone() for b in self.net.buffers()]
+        torch.cuda.make_graphed_callables(self.net, (x,))
+        with torch.no_grad():
+            for b, s in zip(self.net.buffers(), saved):
+                b.copy_(s)
+        self._graph_shape = x.shape
 
     def on_train_epoch_end(self) -> None:
         if self.scheduler_factory and self.hparams.scheduler_interval == "epoch":
