@@ -25,9 +25,10 @@ class ClassifierModule(FodlModule):
         gradient_clip_val: clip the gradient norm to this value (None: no clipping).
         cuda_graph: on one GPU, capture the net's forward and backward pass as CUDA graphs
             (``torch.cuda.make_graphed_callables``) at the first training batch and replay them
-            for every batch of that shape: one launch instead of dozens of small kernels, which
-            is what bounds the book's tiny nets on a GPU. Loss, optimizer step, hooks and
-            logging stay eager; evaluation and odd-sized batches run the eager net.
+            for every batch of that shape: two graph launches instead of dozens of small
+            kernels, whose launch cost is what bounds the book's tiny nets on a GPU. Loss,
+            optimizer step, hooks and logging stay eager; evaluation and odd-sized batches run
+            the eager net.
 
     Optimisation is Lightning's *manual* optimisation: one ``zero_grad / manual_backward /
     step`` per batch. It computes exactly what automatic optimisation does, without the
