@@ -67,6 +67,13 @@ def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train
 FAST = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
 
 
+def train_cfg(tmp_path: Path, data_dir: Path, *overrides: str, run: str = "run"):
+    """A quiet train config on ``data_dir`` (tiny sets get a 200-image validation split),
+    writing to ``tmp_path/run``."""
+    tiny = [] if data_dir == SHARED_DATA else ["data.val_size=200"]
+    return compose_train([f"paths.data_dir={data_dir}", *FAST, *tiny, *overrides], tmp_path / run)
+
+
 def run_script(script: str, args: list[str], cwd: Path, env: dict | None = None, timeout: int = 600):
     """Run ``scripts/<script>`` in a subprocess from ``cwd`` (outputs land in cwd/outputs)."""
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}

@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from conftest import FAST, compose_train
+from conftest import train_cfg
 from fodl.checkpoint import read_checkpoint
 from fodl.errors import FodlError
 from fodl.models import ClassifierModule
@@ -15,8 +15,7 @@ gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU
 
 
 def _cfg(tmp_path, data_dir, *overrides, run="run"):
-    return compose_train([f"paths.data_dir={data_dir}", *FAST, "data.val_size=200", "test=false",
-                          "model=mnist_mlp", *overrides], tmp_path / run)
+    return train_cfg(tmp_path, data_dir, "test=false", "model=mnist_mlp", *overrides, run=run)
 
 
 def test_cuda_graph_on_cpu_is_a_clear_error(tmp_path, tiny_mnist):

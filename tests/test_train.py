@@ -5,36 +5,31 @@ import json
 import pytest
 import torch
 
-from conftest import FAST, SHARED_DATA, compose_train, shared_file
+from conftest import SHARED_DATA, compose_train, shared_file, train_cfg
 from fodl.checkpoint import read_checkpoint
 from fodl.errors import FodlError
 from fodl.train import evaluate, train
 
 
-def _cfg(tmp_path, data_dir, *overrides, run="run"):
-    tiny = [] if data_dir == SHARED_DATA else ["data.val_size=200"]
-    return compose_train([f"paths.data_dir={data_dir}", *FAST, *tiny, *overrides], tmp_path / run)
-
-
 @pytest.mark.parametrize("model", ["logreg", "mnist_mlp", "mnist_cnn"])
 def test_fast_dev_run_every_model(tmp_path, tiny_mnist, model):
-    cfg = _cfg(tmp_path, tiny_mnist, f"model={model}", "+trainer.fast_dev_run=true", "test=false")
+    cfg = train_cfg(tmp_path, tiny_mnist, f"model={model}", "+trainer.fast_dev_run=true", "test=false")
     metrics = train(cfg)
     assert "val/acc" in metrics and torch.isfinite(torch.tensor(metrics["train/loss"]))
 
 
 def test_model_selects_book_hyperparameters(tmp_path, tiny_mnist):
-    cfg = _cfg(tmp_path, tiny_mnist, "model=logreg")
+    cfg = train_cfg(tmp_path, tiny_mnist, "model=logreg")
     assert cfg.model.net.init == "zeros" and cfg.model.net.hidden == []
     assert cfg.optimizer._target_ == "torch.optim.SGD" and cfg.optimizer.lr == 0.01
     assert cfg.data.batch_size == 100 and cfg.trainer.max_epochs == 60
-    cfg = _cfg(tmp_path, tiny_mnist, "model=mnist_mlp", "optimizer=adam")
+    cfg = train_cfg(tmp_path, tiny_mnist, "model=mnist_mlp", "optimizer=adam")
     assert cfg.optimizer._target_ == "torch.optim.Adam"  # command line beats the model's choice
     assert cfg.model.net.hidden == [256, 256] and cfg.model.net.init == "he_normal"
 
 
 def test_logreg_learns_a_learnable_set(tmp_path, tiny_mnist):
-    cfg = _cfg(tmp_path, tiny_mnist, "model=logreg", "trainer.max_epochs=5", "data.val_size=200")
+    cfg = train_cfg(tmp_path, tiny_mnist, "model=logreg", "trainer.max_epochs=5", "data.val_size=200")
     metrics = train(cfg)
     assert metrics["test/acc"] >= 0.90, metrics
     run = tmp_path / "run"
@@ -52,7 +47,7 @@ def test_logreg_learns_a_learnable_set(tmp_path, tiny_mnist):
 @pytest.mark.realdata
 def test_mlp_reaches_90_percent_on_real_mnist(tmp_path):
     shared_file("mnist", "train-images-idx3-ubyte.gz")
-    cfg = _cfg(tmp_path, SHARED_DATA, "model=mnist_mlp", "trainer.max_epochs=2",
+    cfg = train_cfg(tmp_path, SHARED_DATA, "model=mnist_mlp", "trainer.max_epochs=2",
                "callbacks.parameter_summaries.every_n_epochs=100")
     metrics = train(cfg)
     assert metrics["test/acc"] >= 0.90, metrics
@@ -60,19 +55,19 @@ def test_mlp_reaches_90_percent_on_real_mnist(tmp_path):
 
 def test_same_seed_same_metrics(tmp_path, tiny_mnist):
     args = ("model=mnist_mlp", "trainer.max_epochs=2", "data.val_size=200", "test=false")
-    a = train(_cfg(tmp_path, tiny_mnist, *args, run="a"))
-    b = train(_cfg(tmp_path, tiny_mnist, *args, run="b"))
+    a = train(train_cfg(tmp_path, tiny_mnist, *args, run="a"))
+    b = train(train_cfg(tmp_path, tiny_mnist, *args, run="b"))
     assert a == b
 
 
 def test_resume_continues_and_equals_uninterrupted(tmp_path, tiny_mnist):
     common = ("model=mnist_mlp", "data.val_size=200", "test=false", "optimizer=momentum")
-    full = train(_cfg(tmp_path, tiny_mnist, *common, "trainer.max_epochs=3", run="full"))
-    train(_cfg(tmp_path, tiny_mnist, *common, "trainer.max_epochs=2", run="first"))
+    full = train(train_cfg(tmp_path, tiny_mnist, *common, "trainer.max_epochs=3", run="full"))
+    train(train_cfg(tmp_path, tiny_mnist, *common, "trainer.max_epochs=2", run="first"))
     first_ckpt = tmp_path / "first" / "checkpoints" / "last.ckpt"
     assert read_checkpoint(first_ckpt)["epoch"] == 1
     before = first_ckpt.read_bytes()
-    resumed = train(_cfg(tmp_path, tiny_mnist, *common, "trainer.max_epochs=3",
+    resumed = train(train_cfg(tmp_path, tiny_mnist, *common, "trainer.max_epochs=3",
                          f"ckpt_path={first_ckpt}", run="resumed"))
     assert read_checkpoint(tmp_path / "resumed" / "checkpoints" / "last.ckpt")["epoch"] == 2
     assert first_ckpt.read_bytes() == before  # the resumed run writes its own directory
@@ -88,17 +83,17 @@ def test_bad_checkpoints_give_clear_errors(tmp_path, tiny_mnist):
     garbage = tmp_path / "garbage.ckpt"
     garbage.write_bytes(b"\x00not a checkpoint")
     with pytest.raises(FodlError, match="cannot be read"):
-        train(_cfg(tmp_path, tiny_mnist, "model=logreg", f"ckpt_path={garbage}"))
+        train(train_cfg(tmp_path, tiny_mnist, "model=logreg", f"ckpt_path={garbage}"))
     with pytest.raises(FodlError, match="does not exist"):
-        train(_cfg(tmp_path, tiny_mnist, "model=logreg", f"ckpt_path={tmp_path}/nope.ckpt"))
-    train(_cfg(tmp_path, tiny_mnist, "model=logreg", "trainer.max_epochs=1", "test=false", run="lr"))
+        train(train_cfg(tmp_path, tiny_mnist, "model=logreg", f"ckpt_path={tmp_path}/nope.ckpt"))
+    train(train_cfg(tmp_path, tiny_mnist, "model=logreg", "trainer.max_epochs=1", "test=false", run="lr"))
     lr_ckpt = tmp_path / "lr" / "checkpoints" / "last.ckpt"
     with pytest.raises(FodlError, match="model=logreg"):
-        train(_cfg(tmp_path, tiny_mnist, "model=mnist_mlp", f"ckpt_path={lr_ckpt}"))
+        train(train_cfg(tmp_path, tiny_mnist, "model=mnist_mlp", f"ckpt_path={lr_ckpt}"))
 
 
 def test_eval_reproduces_test_accuracy_from_checkpoint_alone(tmp_path, tiny_mnist):
-    cfg = _cfg(tmp_path, tiny_mnist, "model=mnist_mlp", "trainer.max_epochs=2", "data.val_size=200")
+    cfg = train_cfg(tmp_path, tiny_mnist, "model=mnist_mlp", "trainer.max_epochs=2", "data.val_size=200")
     trained = train(cfg)
     (best,) = (tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")
     ecfg = compose_train([f"ckpt_path={best}", f"paths.data_dir={tiny_mnist}"], tmp_path / "ev",
@@ -111,8 +106,8 @@ def test_steps_per_execution_trains_identically(tmp_path, tiny_mnist):
     """Grouping minibatches (a speed knob) must not change what is learned."""
     args = ("model=mnist_mlp", "trainer.max_epochs=2", "test=false", "optimizer=momentum",
             "data.batch_size=32")
-    one = train(_cfg(tmp_path, tiny_mnist, *args, run="one"))
-    grouped = train(_cfg(tmp_path, tiny_mnist, *args, "data.steps_per_execution=4", run="grouped"))
+    one = train(train_cfg(tmp_path, tiny_mnist, *args, run="one"))
+    grouped = train(train_cfg(tmp_path, tiny_mnist, *args, "data.steps_per_execution=4", run="grouped"))
     assert grouped["val/acc"] == pytest.approx(one["val/acc"], abs=1e-6)
     assert grouped["train/loss"] == pytest.approx(one["train/loss"], rel=1e-5)
     a = read_checkpoint(tmp_path / "one" / "checkpoints" / "last.ckpt")
