@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,15 @@ from fodl.errors import FodlError
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load a Lightning checkpoint on the CPU, or raise ``FodlError`` saying what is wrong."""
+    """Load a Lightning checkpoint on the CPU, or raise ``FodlError`` saying what is wrong.
+
+    Loading is ``weights_only``: PyTorch's restricted unpickler accepts tensors, numbers,
+    strings and plain containers only, so a ``.ckpt`` from an untrusted source cannot run code
+    (an ordinary pickle can call any function, e.g. ``os.system``, while it loads). Everything
+    fodl writes (weights, optimizer and scheduler states, loop and callback states, the
+    resolved config as plain dicts) is of those types; a file that needs anything else is
+    refused with a message naming what it asked for.
+    """
     p = Path(path).expanduser()
     if not p.is_file():
         raise FodlError(
@@ -21,7 +31,17 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "outputs/<model>/runs/<time>/checkpoints/last.ckpt."
         )
     try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=False)
+        ckpt = torch.load(p, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        asked = re.search(r"(?:GLOBAL|global) ([\w.]+)", str(e))
+        raise FodlError(
+            f"Checkpoint {p} holds Python objects beyond tensors and plain containers"
+            f"{f' ({asked.group(1)})' if asked else ''}, and fodl loads checkpoints with "
+            "torch.load(weights_only=True) so that a file cannot run code while it loads. fodl's "
+            "own checkpoints never need more. If the file comes from a source you trust, load it "
+            "yourself with torch.load(path, weights_only=False), keep what you need (state_dict, "
+            "fodl_config) as plain tensors/dicts and torch.save that; otherwise do not use it."
+        ) from None
     except Exception as e:  # torch raises many kinds for a truncated / foreign file
         raise FodlError(
             f"Checkpoint {p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "

@@ -71,14 +71,15 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_compatible(model, read_checkpoint(ckpt_path), ckpt_path)
         log.info("resuming from %s", ckpt_path)
 
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = _floats(trainer.callback_metrics)
 
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
         if best is None:
             log.warning("no best checkpoint; testing the weights at the end of training")
-        test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=True)
+        test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=True,
+                                    weights_only=True)
         metrics.update(_floats(test_metrics[0] if test_metrics else {}))
 
     if trainer.is_global_zero:
