@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from fodl.config import compose_run
+from fodl.data.loader import StepGroup, TensorLoader
 from fodl.train import build
 
 
@@ -55,33 +56,60 @@ class EpochTimer(L.Callback):
         self._close(trainer)
 
 
-def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, x: torch.Tensor,
-                      y: torch.Tensor, batch_size: int, epochs: int, seed: int = 0) -> list[float]:
-    """The reference: shuffle, slice, forward, cross-entropy, backward, step. Nothing else."""
+def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batches,
+                      epochs: int, loss_fn=None) -> list[float]:
+    """The reference: for each minibatch of ``batches(epoch)`` (an iterable of batches),
+    forward, loss, backward, step. Nothing else. ``loss_fn(batch)`` is the family's loss of
+    one minibatch (default: cross-entropy of ``net(x)`` against ``y``)."""
+    if loss_fn is None:
+        def loss_fn(batch):
+            x, y = batch
+            return F.cross_entropy(net(x), y)
     net.train()
     times = []
     for epoch in range(epochs):
-        if x.is_cuda:
+        cuda = next(net.parameters()).is_cuda
+        if cuda:
             torch.cuda.synchronize()
         t0 = time.perf_counter()
-        perm = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed + epoch)).to(x.device)
-        for i in range(len(x) // batch_size + (len(x) % batch_size > 0)):
-            idx = perm[i * batch_size : (i + 1) * batch_size]
-            loss = F.cross_entropy(net(x.index_select(0, idx)), y.index_select(0, idx))
+        for batch in batches(epoch):
+            loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-        if x.is_cuda:
+        if cuda:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return times
 
 
+def _plain_batches(datamodule, device: torch.device):
+    """``epoch -> iterable of minibatches``: the datamodule's own training batches, one at a
+    time (groups of ``steps_per_execution`` are flattened), on ``device``, one process."""
+    if hasattr(datamodule, "splits"):  # in-memory tensors: slice them where they will live
+        tensors = tuple(t.to(device) for t in datamodule.splits["train"])
+        loader = TensorLoader(tensors, datamodule.batch_size, shuffle=True, seed=datamodule.seed,
+                              drop_last=datamodule.drop_last)
+        on_after = getattr(datamodule, "on_after_batch_transfer", None)
+    else:
+        loader, on_after = datamodule.train_dataloader(), None
+
+    def batches(epoch: int):
+        if hasattr(loader, "set_epoch"):
+            loader.set_epoch(epoch)
+        for item in loader:
+            for batch in item if type(item) is StepGroup else (item,):
+                yield on_after(batch, 0) if on_after is not None else batch
+    return batches
+
+
 def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu",
             extra: list[str] | None = None) -> dict[str, float]:
     """Seconds per training epoch of a plain loop and of fodl, interleaved epoch by epoch
-    (plain, fodl, plain, fodl, ...); the first pair is warm-up. Returns the medians and the
-    median of the per-pair ratios."""
+    (plain, fodl, plain, fodl, ...); the first pair is warm-up. The plain loop trains a copy
+    of the same net with the same optimizer config and the family's own loss
+    (``training_loss``) on the same minibatches. Returns the medians and the median of the
+    per-pair ratios."""
     import statistics
 
     torch.set_float32_matmul_precision("high")  # as scripts/train.py runs (TF32 on GPUs)
@@ -91,36 +119,37 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
                            "test=false", *(extra or [])], Path(tmp) / "run")
         datamodule, module, trainer = build(cfg)
 
-        # the plain loop: same data tensors, same architecture, same optimizer config
         datamodule.setup("fit")
         device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
-        x, y = (t.to(device) for t in datamodule.splits["train"])
-        net = copy.deepcopy(module.net).to(device)
-        opt = instantiate(cfg.optimizer)(params=net.parameters())
+        plain = copy.deepcopy(module).to(device)  # same architecture and initial weights
+        opt = instantiate(cfg.optimizer)(params=[p for p in plain.parameters() if p.requires_grad])
+        batches = _plain_batches(datamodule, device)
+        steps = sum(1 for _ in batches(0))
 
         def plain_epoch(epoch: int) -> float:
-            return plain_loop_epochs(net, opt, x, y, cfg.data.batch_size, 1, seed=epoch)[0]
+            return plain_loop_epochs(plain, opt, lambda _: batches(epoch), 1,
+                                     loss_fn=plain.training_loss)[0]
 
         timer = EpochTimer(before_epoch=plain_epoch)
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=datamodule)
-    plain, fodl = timer.before_times[1:] or timer.before_times, timer.times[1:] or timer.times
-    return {"plain_s": statistics.median(plain), "fodl_s": statistics.median(fodl),
-            "ratio": statistics.median(f / p for p, f in zip(plain, fodl)),
-            "steps": len(x) // cfg.data.batch_size}
+    plain_t, fodl_t = timer.before_times[1:] or timer.before_times, timer.times[1:] or timer.times
+    return {"plain_s": statistics.median(plain_t), "fodl_s": statistics.median(fodl_t),
+            "ratio": statistics.median(f / p for p, f in zip(plain_t, fodl_t)), "steps": steps}
 
 
 def time_to_accuracy(overrides: list[str], data_dir: str, target: float) -> dict[str, float]:
-    """Wall time of ``trainer.fit`` until validation accuracy first reaches ``target``
-    (Lightning's ``EarlyStopping(stopping_threshold=target)``), then the test accuracy."""
+    """Wall time of ``trainer.fit`` until the run's ``monitor`` metric (validation accuracy
+    for classifiers) first reaches ``target`` (Lightning's
+    ``EarlyStopping(stopping_threshold=target)``), then the test accuracy."""
     from lightning.pytorch.callbacks import EarlyStopping
 
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_run([*overrides, f"paths.data_dir={data_dir}", f"paths.root_dir={tmp}",
                            "test=false"], Path(tmp) / "run")
         datamodule, module, trainer = build(cfg)
-        trainer.callbacks.append(EarlyStopping("val/acc", mode="max", stopping_threshold=target,
-                                               patience=10**9))
+        trainer.callbacks.append(EarlyStopping(cfg.monitor, mode=cfg.monitor_mode,
+                                               stopping_threshold=target, patience=10**9))
         datamodule.setup("fit")  # reading the files is not training time
         t0 = time.perf_counter()
         trainer.fit(module, datamodule=datamodule)

@@ -112,11 +112,23 @@ class RichProgressBar(L.pytorch.callbacks.RichProgressBar):
     ``1 / refresh_rate`` seconds have passed since the last update, and always on an epoch's
     last batch, so what is shown is the same, just not recomputed between redraws (Rich
     itself never redraws faster than ``refresh_rate``).
+
+    The bar counts minibatches, also when they come grouped (``data.steps_per_execution``).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._next_draw = 0.0
+
+    @staticmethod
+    def _group_size(trainer) -> int:
+        return getattr(getattr(trainer, "train_dataloader", None), "steps_per_execution", 1)
+
+    @property
+    def total_train_batches(self) -> int | float:
+        if self._group_size(self.trainer) > 1:
+            return self.trainer.train_dataloader.num_batches()
+        return super().total_train_batches
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.monotonic()
@@ -124,4 +136,7 @@ class RichProgressBar(L.pytorch.callbacks.RichProgressBar):
         if now < self._next_draw and not last:
             return
         self._next_draw = now + 1.0 / max(self.refresh_rate, 1)
+        k = self._group_size(trainer)
+        if k > 1:  # minibatches done so far (the last group may be short)
+            batch_idx = min((batch_idx + 1) * k, self.total_train_batches) - 1
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

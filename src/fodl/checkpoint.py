@@ -34,23 +34,30 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
         asked = re.search(r"(?:GLOBAL|global) ([\w.]+)", str(e))
+        if asked is None:  # not a refused object: a damaged or foreign file (below)
+            raise _unreadable(p, e) from None
         raise FodlError(
             f"Checkpoint {p} holds Python objects beyond tensors and plain containers"
-            f"{f' ({asked.group(1)})' if asked else ''}, and fodl loads checkpoints with "
+            f" ({asked.group(1)}), and fodl loads checkpoints with "
             "torch.load(weights_only=True) so that a file cannot run code while it loads. fodl's "
             "own checkpoints never need more. If the file comes from a source you trust, load it "
             "yourself with torch.load(path, weights_only=False), keep what you need (state_dict, "
             "fodl_config) as plain tensors/dicts and torch.save that; otherwise do not use it."
         ) from None
     except Exception as e:  # torch raises many kinds for a truncated / foreign file
-        raise FodlError(
-            f"Checkpoint {p} cannot be read ({type(e).__name__}: {str(e).splitlines()[0][:200]}). "
-            "It is truncated or not a PyTorch checkpoint; use another file from the run's "
-            "checkpoints/ directory (last.ckpt or the best epoch*.ckpt)."
-        ) from None
+        raise _unreadable(p, e) from None
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
         raise FodlError(f"{p} is a PyTorch file but not a Lightning checkpoint (no 'state_dict').")
     return ckpt
+
+
+def _unreadable(p: Path, e: Exception) -> FodlError:
+    first = next((line for line in str(e).splitlines() if line.strip()), "")[:200]
+    return FodlError(
+        f"Checkpoint {p} cannot be read ({type(e).__name__}: {first}). It is truncated or not a "
+        "PyTorch checkpoint; use another file from the run's checkpoints/ directory (last.ckpt "
+        "or the best epoch*.ckpt)."
+    )
 
 
 def check_compatible(module: torch.nn.Module, ckpt: dict[str, Any], path: str | Path) -> None:

@@ -43,7 +43,22 @@ def _floats(metrics) -> dict[str, float]:
 
 
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
-    """Instantiate the datamodule, module and trainer of a run config (seeded first)."""
+    """Instantiate the datamodule, module and trainer of a run config (seeded first).
+
+    ``seed=null`` draws a fresh seed and writes it into ``cfg`` (so the data seed and the
+    config stored in checkpoints have it); DDP workers that Lightning starts take their
+    parent's through ``PL_GLOBAL_SEED``."""
+    if "seed" in cfg and cfg.seed is None:
+        import os
+        import secrets
+
+        worker = os.environ.get("LOCAL_RANK", "0") != "0"  # a DDP process other than rank 0
+        if worker and not os.environ.get("PL_GLOBAL_SEED"):
+            raise FodlError("seed=null cannot be used when the processes of a multi-process run "
+                            "are started outside Lightning (torchrun, SLURM): each would draw a "
+                            "different seed and shuffle differently. Give a seed, e.g. seed=42.")
+        cfg.seed = int(os.environ["PL_GLOBAL_SEED"]) if worker else secrets.randbelow(2**31)
+        log.info("seed=%d (drawn, since seed=null)", cfg.seed)
     if cfg.get("seed") is not None:
         L.seed_everything(cfg.seed, workers=True, verbose=False)
 
@@ -125,4 +140,10 @@ def run_entry(fn, cfg: DictConfig):
         log.error("%s", e)
         raise SystemExit(2) from None
     name = cfg.get("optimized_metric")
-    return metrics.get(name) if name else None
+    if not name:
+        return None
+    if name not in metrics:
+        log.error("optimized_metric=%s was not logged by this run (logged: %s). Set "
+                  "optimized_metric to one of those names.", name, ", ".join(sorted(metrics)))
+        raise SystemExit(2)
+    return metrics[name]

@@ -9,12 +9,6 @@ from fodl.analysis.tblogs import Run
 BOOK_TEST_ACC = {"sgd": 0.9807, "momentum": 0.8683}  # the book's printed results (500 epochs)
 
 
-def minibatches_per_logged_step(run: Run) -> int:
-    """Lightning logs against its own batch counter; with grouped minibatches
-    (data.steps_per_execution = k) one logged step is k optimizer steps."""
-    return int(run.config.get("data", {}).get("steps_per_execution", 1) or 1)
-
-
 def plot(runs: list[Run], out_png: Path,
          title: str = "MNIST MLP 784-256-256-10: optimizers (book chapter 4)") -> Path:
     """Training cost per minibatch and validation error per epoch of each run."""
@@ -25,9 +19,9 @@ def plot(runs: list[Run], out_png: Path,
 
     fig, (ax_cost, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in runs:
-        k = minibatches_per_logged_step(run)
         cost = run.scalars.get("train/loss_step", [])
-        ax_cost.plot([s * k for s, _ in cost], [v for _, v in cost], label=run.label, lw=1)
+        # logged steps are optimizer steps, grouped (data.steps_per_execution) or not
+        ax_cost.plot([s for s, _ in cost], [v for _, v in cost], label=run.label, lw=1)
         val = run.scalars.get("val/acc", [])
         ax_err.plot(range(1, len(val) + 1), [1 - v for _, v in val], label=run.label, lw=1.2)
     ax_cost.set(xlabel="minibatch (optimizer step)", ylabel="training cost (cross-entropy)",

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fodl.data.loader import TensorLoader
+from fodl.data.loader import StepGroup, TensorLoader
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -60,7 +60,7 @@ class InMemoryDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, train: bool) -> TensorLoader:
         rank, world = self._dist()
-        return TensorLoader(
+        loader = TensorLoader(
             self._device_tensors(split),
             self.batch_size if train else self.eval_batch_size,
             shuffle=train,
@@ -71,6 +71,34 @@ class InMemoryDataModule(L.LightningDataModule):
             epoch_fn=(lambda: self.trainer.current_epoch) if (train and self.trainer) else None,
             steps_per_execution=self.steps_per_execution if train else 1,
         )
+        if train and loader.steps_per_execution > 1 and self.trainer is not None:
+            self._count_in_minibatches(loader)
+        return loader
+
+    def _count_in_minibatches(self, loader: TensorLoader) -> None:
+        """With grouped minibatches, Lightning counts *items* (groups). Translate the two
+        trainer settings that count batches so they keep meaning minibatches:
+        ``limit_train_batches`` (int or fraction) is applied by the loader itself and the
+        trainer's own limit lifted; an int ``val_check_interval`` becomes whole groups
+        (rounded up). The user's values are kept, so a re-created loader translates again."""
+        t = self.trainer
+        k = loader.steps_per_execution
+        if not hasattr(self, "_user_limits"):
+            self._user_limits = (t.limit_train_batches, t.val_check_interval)
+        limit, every = self._user_limits
+        if isinstance(limit, int):
+            loader.max_batches = limit
+            t.limit_train_batches = 1.0
+        elif isinstance(limit, float) and limit < 1.0:
+            loader.max_batches = max(int(loader.num_batches() * limit), 1 if limit > 0 else 0)
+            t.limit_train_batches = 1.0
+        if isinstance(every, int):
+            t.val_check_interval = -(-every // k)
+
+    @staticmethod
+    def is_group(batch) -> bool:
+        """Whether a batch is a group of minibatches (``steps_per_execution > 1``)."""
+        return type(batch) is StepGroup
 
     def train_dataloader(self) -> TensorLoader:
         return self._loader("train", True)

@@ -15,6 +15,7 @@ import torch
 from fodl.data.augment import distort, evaluate_view
 from fodl.data.base import InMemoryDataModule, resolve_data_dir
 from fodl.data.download import cached, download, safe_extract_tar
+from fodl.data.loader import StepGroup
 from fodl.errors import FodlError
 
 log = logging.getLogger(__name__)
@@ -199,7 +200,7 @@ class CIFAR10DataModule(InMemoryDataModule):
 
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         train = self.trainer is not None and self.trainer.training
-        if isinstance(batch, list):
-            return [(self.transform(x, train), y) for x, y in batch]
+        if self.is_group(batch):
+            return StepGroup((self.transform(x, train), y) for x, y in batch)
         x, y = batch
         return self.transform(x, train), y

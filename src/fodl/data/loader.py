@@ -12,6 +12,15 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 
+class StepGroup(list):
+    """Consecutive minibatches delivered as one item (``steps_per_execution > 1``): the
+    training loop takes one optimizer step for each, in order. A type of its own, so that a
+    plain ``list`` batch (what ``default_collate`` makes of a dataset of tuples) is never
+    mistaken for a group."""
+
+    __slots__ = ()
+
+
 class TensorLoader:
     """Iterate minibatches of equally long tensors.
 
@@ -20,15 +29,20 @@ class TensorLoader:
         batch_size: examples per batch (per process under DDP).
         shuffle: draw a new permutation every epoch.
         drop_last: drop the last incomplete batch.
-        seed: base seed; epoch ``e`` uses ``seed + e``, so every process draws the same
-            permutation and a resumed run sees the same order as an uninterrupted one.
+        seed: base seed; epoch ``e`` shuffles with a generator seeded by a hash of
+            ``(seed, e)``, so every process draws the same permutation, a resumed run sees the
+            same order as an uninterrupted one, and no two seeds share an epoch's order (as
+            with ``seed + e``, where seed 0's epoch 1 was seed 1's epoch 0).
         rank, world_size: this process's share under data parallelism. Training shards are
             padded (as ``DistributedSampler`` does) so every process takes the same number of
             steps; evaluation shards are not padded so metrics count every example once.
         epoch_fn: returns the current epoch (the trainer's), read at the start of each pass.
-        steps_per_execution: group this many consecutive minibatches into one item (a list of
-            batch tuples) so a LightningModule can take several optimizer steps per Lightning
-            step, amortising the framework's per-batch overhead. Same minibatches, same order.
+        steps_per_execution: group this many consecutive minibatches into one item (a
+            :class:`StepGroup` of batch tuples) so a LightningModule can take several optimizer
+            steps per Lightning step, amortising the framework's per-batch overhead. Same
+            minibatches, same order.
+        max_batches: stop each pass after this many minibatches (``limit_train_batches``
+            counted in minibatches whatever the grouping); None: all.
     """
 
     def __init__(
@@ -44,6 +58,7 @@ class TensorLoader:
         pad_to_equal: bool | None = None,
         epoch_fn: Callable[[], int] | None = None,
         steps_per_execution: int = 1,
+        max_batches: int | None = None,
     ) -> None:
         if not tensors:
             raise ValueError("TensorLoader needs at least one tensor")
@@ -64,6 +79,7 @@ class TensorLoader:
         if steps_per_execution < 1:
             raise ValueError(f"steps_per_execution must be >= 1, got {steps_per_execution}")
         self.steps_per_execution = int(steps_per_execution)
+        self.max_batches = max_batches
         self.epoch = 0
         self._n = n
 
@@ -78,7 +94,8 @@ class TensorLoader:
     def num_batches(self) -> int:
         """Minibatches per pass (per process)."""
         m = self._shard_size()
-        return m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+        n = m // self.batch_size if self.drop_last else -(-m // self.batch_size)
+        return n if self.max_batches is None else min(n, max(int(self.max_batches), 0))
 
     def __len__(self) -> int:
         """Items per pass: minibatches, or groups of ``steps_per_execution`` of them."""
@@ -94,7 +111,10 @@ class TensorLoader:
             return None
         device = self.tensors[0].device
         if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed + self.epoch)
+            # one stream per (seed, epoch), a function of both only (a resumed run replays it)
+            from numpy.random import SeedSequence
+            state = SeedSequence([self.seed % 2**64, self.epoch]).generate_state(1, "uint64")[0]
+            g = torch.Generator().manual_seed(int(state))
             idx = torch.randperm(self._n, generator=g)
         else:
             idx = torch.arange(self._n)
@@ -122,11 +142,11 @@ class TensorLoader:
         if self.steps_per_execution == 1:
             yield from self._batches()
             return
-        group: list[tuple[torch.Tensor, ...]] = []
+        group = StepGroup()
         for batch in self._batches():
             group.append(batch)
             if len(group) == self.steps_per_execution:
                 yield group
-                group = []
+                group = StepGroup()
         if group:
             yield group

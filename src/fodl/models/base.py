@@ -1,10 +1,32 @@
-"""What every fodl LightningModule shares."""
+"""The one optimisation loop every fodl model family shares.
+
+A family (classifier, autoencoder, skip-gram, tagger, ...) subclasses :class:`FodlModule` and
+says only what is particular to it:
+
+- ``training_loss(batch) -> Tensor``: the scalar loss of one minibatch, as its DataModule
+  yields it (the base takes the optimizer step, clips, steps the scheduler, logs);
+- ``validation_step`` / ``test_step`` (and ``predict_step``): what it evaluates and logs;
+- optionally ``graph_input(batch)``: the tensor its ``net`` takes, when the family supports
+  ``cuda_graph`` (a net with one tensor input and one tensor output).
+
+Everything about *how* the steps run lives here once: Lightning's manual optimisation (one
+``zero_grad / manual_backward / step`` per minibatch, exactly what automatic optimisation
+computes, without its closure and five hook dispatches per step), groups of minibatches per
+Lightning step (``data.steps_per_execution``), scheduler stepping per epoch or per step,
+gradient clipping, the on-device epoch-mean ``train/loss`` (no host sync per step), the
+logging cadence of ``train/loss_step``, and CUDA-graph capture on one GPU.
+"""
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
+import torch
+from torch import nn
+
+from fodl.data.loader import StepGroup
+from fodl.errors import FodlError
 
 # Attributes Lightning writes around every hook call (about 30 times per training step). They
 # hold strings / None, never parameters, buffers or modules, so nn.Module's bookkeeping in
@@ -14,15 +36,162 @@ _PLAIN_ATTRIBUTES = frozenset({"_current_fx_name"})
 
 
 class FodlModule(L.LightningModule):
-    """``LightningModule`` whose per-hook bookkeeping writes are plain attribute writes.
+    """Base of every fodl LightningModule: the shared training loop (see the module docstring).
 
-    Lightning sets ``_current_fx_name`` before and after each hook it dispatches; through
-    ``nn.Module.__setattr__`` that cost ~70 us per optimizer step of the book's MLP (whose
-    whole step takes ~2.5 ms on a 2-core CPU). Everything else goes through ``nn.Module``.
+    Args:
+        optimizer: a partial (Hydra ``_partial_: true``) taking the parameters.
+        scheduler: optional partial taking the optimizer; stepped per epoch unless
+            ``scheduler_interval="step"`` (then after every optimizer step).
+        scheduler_interval: ``"epoch"`` or ``"step"``.
+        gradient_clip_val: clip the gradient norm to this value (None/0: no clipping). The
+            trainer's ``gradient_clip_val`` / ``accumulate_grad_batches`` do not apply to manual
+            optimisation; this does.
+        cuda_graph: on one GPU, capture ``self.net``'s forward and backward pass as CUDA
+            graphs (``torch.cuda.make_graphed_callables``) at the first training batch and
+            replay them for every batch of that shape: two graph launches instead of dozens of
+            small kernels, whose launch cost bounds the book's tiny nets on a GPU. Loss,
+            optimizer step, hooks and logging stay eager; evaluation and odd-sized batches run
+            the eager net. Families call the net through :meth:`run_net` for this to apply.
+
+    A batch that is a :class:`~fodl.data.loader.StepGroup` (``data.steps_per_execution > 1``)
+    gets one optimizer step per minibatch in it, in order: the same steps as ungrouped, with
+    Lightning's per-batch cost paid once per group. TensorBoard's step axis, the progress bar,
+    ``limit_train_batches`` and ``val_check_interval`` count minibatches either way
+    (``fodl.data.base.InMemoryDataModule`` and :meth:`_count_group` see to it).
     """
 
+    def __init__(
+        self,
+        optimizer: Callable[..., torch.optim.Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
+        scheduler_interval: str = "epoch",
+        gradient_clip_val: float | None = None,
+        cuda_graph: bool = False,
+    ) -> None:
+        super().__init__()
+        if scheduler_interval not in ("epoch", "step"):
+            raise FodlError(f"model.scheduler_interval={scheduler_interval!r}: choose epoch or step.")
+        self.automatic_optimization = False
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.scheduler_interval = scheduler_interval
+        self.gradient_clip_val = gradient_clip_val
+        self.cuda_graph = cuda_graph
+        self._epoch_losses: list[torch.Tensor] = []  # appended, not re-assigned: no Module.__setattr__ per step
+        self._graph_shape: torch.Size | None = None  # input shape the net was graphed for
+
     def __setattr__(self, name: str, value: Any) -> None:
+        # Lightning sets ``_current_fx_name`` before and after each hook it dispatches; through
+        # ``nn.Module.__setattr__`` that cost ~70 us per optimizer step of the book's MLP (whose
+        # whole step takes ~2.5 ms on a 2-core CPU).
         if name in _PLAIN_ATTRIBUTES:
             object.__setattr__(self, name, value)
         else:
             super().__setattr__(name, value)
+
+    # -- what a family defines -----------------------------------------------------------
+    def training_loss(self, batch: Any) -> torch.Tensor:
+        """The scalar loss of one training minibatch (train mode, gradients on)."""
+        raise NotImplementedError(f"{type(self).__name__} must define training_loss(batch)")
+
+    def graph_input(self, batch: Any) -> torch.Tensor:
+        """The tensor ``self.net`` is called with for ``batch`` (for ``cuda_graph``)."""
+        return batch[0]
+
+    def run_net(self, x: torch.Tensor) -> torch.Tensor:
+        """``self.net(x)``: the graphed net when ``x`` has the captured shape, else eager."""
+        if self._graph_shape is None or x.shape == self._graph_shape:
+            return self.net(x)
+        return type(self.net).forward(self.net, x)  # e.g. the epoch's last, smaller batch
+
+    # -- training ------------------------------------------------------------------------
+    def training_step(self, batch, batch_idx: int) -> torch.Tensor:
+        grouped = type(batch) is StepGroup
+        opt = self.optimizers()
+        clip = self.gradient_clip_val
+        step_scheduler = self.lr_schedulers() if (
+            self.scheduler_factory and self.scheduler_interval == "step") else None
+        if self.cuda_graph and self._graph_shape is None:
+            self._capture(self.graph_input(batch[0] if grouped else batch))
+        for minibatch in batch if grouped else (batch,):
+            loss = self.training_loss(minibatch)
+            opt.zero_grad(set_to_none=True)  # also right for graphed grads (never accumulated into)
+            self.manual_backward(loss)
+            if clip:
+                self.clip_gradients(opt, gradient_clip_val=clip)
+            opt.step()
+            if step_scheduler is not None:
+                step_scheduler.step()
+            self._epoch_losses.append(loss.detach())
+        if grouped:
+            self._count_group(len(batch))
+        # Lightning writes step metrics every trainer.log_every_n_steps batches; logging only on
+        # those keeps self.log's cost off the other steps.
+        if grouped or self.global_step % self.trainer.log_every_n_steps == 0:
+            self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
+        return loss
+
+    def _count_group(self, n: int) -> None:
+        """Advance Lightning's logging step by the group's extra minibatches, so TensorBoard's
+        step axis (and ``log_every_n_steps``) counts optimizer steps, not groups. The counter
+        is part of the fit loop's checkpointed state, so resume keeps it."""
+        loop = self.trainer.fit_loop.epoch_loop
+        if hasattr(loop, "_batches_that_stepped"):
+            loop._batches_that_stepped += n - 1
+
+    def on_train_epoch_end(self) -> None:
+        if self.scheduler_factory and self.scheduler_interval == "epoch":
+            self.lr_schedulers().step()
+        if self._epoch_losses:
+            mean = torch.stack(self._epoch_losses).mean()
+            self.log("train/loss", mean, on_epoch=True, sync_dist=True, prog_bar=True)
+        self._epoch_losses.clear()
+
+    # -- CUDA graphs --------------------------------------------------------------------
+    def on_fit_start(self) -> None:
+        if not self.cuda_graph:
+            return
+        t = self.trainer
+        if self.device.type != "cuda":
+            raise FodlError(f"model.cuda_graph=true captures the training step as CUDA graphs and "
+                            f"needs a GPU, but this run trains on {self.device.type}. Add trainer=gpu "
+                            f"(trainer.accelerator=gpu), or set model.cuda_graph=false.")
+        if t.world_size > 1:
+            raise FodlError(f"model.cuda_graph=true runs on one GPU, but this run uses "
+                            f"{t.world_size} processes (trainer.devices). Set trainer.devices=1, or "
+                            f"model.cuda_graph=false for multi-device runs.")
+        if str(t.precision) not in ("32-true", "32"):
+            raise FodlError(f"model.cuda_graph=true needs trainer.precision=32-true (got "
+                            f"{t.precision!r}: autocast cannot run inside a captured graph). Set "
+                            f"trainer.precision=32-true or model.cuda_graph=false.")
+        if not isinstance(getattr(self, "net", None), nn.Module):
+            raise FodlError(f"model.cuda_graph=true graphs the module's `net`, and "
+                            f"{type(self).__name__} has none. Set model.cuda_graph=false.")
+
+    def _capture(self, x: torch.Tensor) -> None:
+        """Graph ``self.net`` (forward + backward, training mode) for inputs shaped like ``x``.
+
+        ``make_graphed_callables`` runs three warm-up passes on ``x``; they leave parameters
+        and gradients alone but update running statistics (batch norm), so the buffers are put
+        back: the graphed run trains exactly as the eager one would.
+        """
+        saved = [b.detach().clone() for b in self.net.buffers()]
+        torch.cuda.make_graphed_callables(self.net, (x,))
+        with torch.no_grad():
+            for b, s in zip(self.net.buffers(), saved):
+                b.copy_(s)
+        self._graph_shape = x.shape
+
+    # -- optimisation --------------------------------------------------------------------
+    def configure_optimizers(self):
+        if self.optimizer_factory is None:
+            raise FodlError(f"{type(self).__name__} was built without an optimizer: give "
+                            "model.optimizer (the model configs use optimizer=<name>).")
+        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        if not self.scheduler_factory:  # None, or an empty `scheduler: none` node
+            return optimizer
+        scheduler = self.scheduler_factory(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},
+        }

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from fodl.nets.init import init_layer
+from fodl.nets.init import init_weights
 
 
 class MNISTConvNet(nn.Module):
@@ -28,9 +28,7 @@ class MNISTConvNet(nn.Module):
         if output_activation == "relu":
             head.append(nn.ReLU())
         self.classifier = nn.Sequential(*head)
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                init_layer(m, init)
+        init_weights(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x.view(-1, 1, 28, 28) if x.dim() == 2 else x))
@@ -65,9 +63,7 @@ class CIFARConvNet(nn.Module):
             nn.Linear(384, 192), *norm1d(192), nn.ReLU(), nn.Dropout(dropout),
             nn.Linear(192, num_classes),
         )
-        for m in self.modules():
-            if isinstance(m, (nn.Conv2d, nn.Linear)):
-                init_layer(m, init)
+        init_weights(self, init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
