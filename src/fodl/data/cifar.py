@@ -14,7 +14,13 @@ import torch
 
 from fodl.data.augment import distort, evaluate_view
 from fodl.data.base import InMemoryDataModule, resolve_data_dir
-from fodl.data.download import cached, download, safe_extract_tar
+from fodl.data.download import (
+    EXTRACTED_MARK,
+    cached,
+    download,
+    extract_tar_atomically,
+    reading_archive,
+)
 from fodl.data.loader import StepGroup
 from fodl.errors import FodlError
 
@@ -36,13 +42,27 @@ def _missing_message(root: Path) -> str:
     )
 
 
+_IGNORED: set[Path] = set()  # folders already warned about
+
+
 def find_source(root: Path) -> tuple[str, Path] | None:
-    """The first CIFAR-10 copy found under ``root/cifar10`` or ``root``: (kind, path)."""
+    """The first CIFAR-10 copy found under ``root/cifar10`` or ``root``: (kind, path).
+
+    A ``cifar-10-batches-py`` folder next to ``cifar-10-python.tar.gz`` is used only when it
+    carries the mark of a completed extraction: otherwise it may be what an interrupted
+    extraction (by an older version) left behind, and the intact tarball is read instead.
+    """
     for d in (root / "cifar10", root):
-        if (d / PY_DIR / "test_batch").is_file():
-            return "python", d / PY_DIR
-        if (d / "cifar-10-python.tar.gz").is_file():
-            return "python-tar", d / "cifar-10-python.tar.gz"
+        py, tar = d / PY_DIR, d / "cifar-10-python.tar.gz"
+        if (py / "test_batch").is_file() and (not tar.is_file() or (py / EXTRACTED_MARK).is_file()):
+            return "python", py
+        if tar.is_file():
+            if py.exists() and py not in _IGNORED:
+                _IGNORED.add(py)
+                log.warning("ignoring %s: it is not marked as completely extracted (an interrupted "
+                            "extraction leaves such a folder); reading %s instead. Delete the "
+                            "folder to silence this.", py, tar)
+            return "python-tar", tar
         if (d / "cifar10_png" / "test").is_dir():
             return "png", d / "cifar10_png"
         if (d / "cifar10_png.tar.gz").is_file():
@@ -72,7 +92,7 @@ def read_python(path: Path) -> dict[str, torch.Tensor]:
                 raise FodlError(f"{path / f} is missing: the CIFAR-10 python batches are incomplete.")
             blobs[f] = (path / f).read_bytes()
     else:
-        with tarfile.open(path) as tar:
+        with reading_archive(path), tarfile.open(path) as tar:
             for m in tar.getmembers():
                 if m.isfile() and Path(m.name).name in PY_FILES:
                     blobs[Path(m.name).name] = tar.extractfile(m).read()
@@ -119,7 +139,7 @@ def read_png_tree(path: Path) -> dict[str, torch.Tensor]:
         for p in sorted(path.rglob("*.png")):
             add(str(p.relative_to(path)), p.read_bytes)
     else:
-        with tarfile.open(path) as tar:
+        with reading_archive(path), tarfile.open(path) as tar:
             for m in tar:
                 if m.isfile():
                     add(m.name, lambda m=m: tar.extractfile(m).read())
@@ -164,7 +184,10 @@ class CIFAR10DataModule(InMemoryDataModule):
             download([URL], target, md5=MD5, timeout=120)
         except FodlError as e:
             raise FodlError(f"{_missing_message(self.root)} Download error: {e}") from None
-        safe_extract_tar(target, target.parent)
+        try:  # optional: read_python reads the tarball itself when there is no folder
+            extract_tar_atomically(target, PY_DIR)
+        except OSError as e:
+            log.warning("could not extract %s (%s); reading the archive directly", target, e)
 
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
@@ -173,7 +196,8 @@ class CIFAR10DataModule(InMemoryDataModule):
             self.prepare_data()
         kind, path = find_source(self.root)
         reader = read_python if kind.startswith("python") else read_png_tree
-        files = [path / f for f in PY_FILES] if kind == "python" else [path] if path.is_file() else [path / "test"]
+        files = ([path / f for f in PY_FILES] if kind == "python" else [path] if path.is_file()
+                 else [path / "train", path / "test"])  # png folders: every file under both
         raw = cached(self.cache_dir, f"cifar10-{kind}", files, lambda: reader(path))
         n = len(raw["train_x"])
         if not 0 <= self.val_size < n:

@@ -2,21 +2,37 @@
 
 from __future__ import annotations
 
+import contextlib
+import gzip
 import hashlib
+import http.client
 import logging
+import lzma
 import os
+import shutil
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
+import zlib
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import torch
 
 from fodl.errors import FodlError
 
 log = logging.getLogger(__name__)
+
+# What a failed transfer raises: URLError/HTTPError, a dropped or short connection
+# (http.client.IncompleteRead and RemoteDisconnected are HTTPExceptions, not OSErrors),
+# ConnectionError, timeouts, and any other OSError of the socket or the local file.
+TRANSFER_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
+                   TimeoutError, OSError)
+# What reading a truncated or corrupt (compressed) tar archive raises.
+ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
+# Written last into a folder that ``extract_tar_atomically`` completed.
+EXTRACTED_MARK = ".fodl-extracted"
 
 
 def file_digest(path: str | Path, algorithm: str = "md5", chunk: int = 1 << 20) -> str:
@@ -30,8 +46,10 @@ def file_digest(path: str | Path, algorithm: str = "md5", chunk: int = 1 << 20) 
 def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: float = 60) -> Path:
     """Download the first mirror that answers to ``dest``, verify its md5, move it in atomically.
 
-    A partial or corrupt download never appears under ``dest``'s name. Raises ``FodlError``
-    naming every mirror tried when none gives a file with the published checksum.
+    A partial or corrupt download never appears under ``dest``'s name. A mirror that fails in
+    any way (refused, HTTP error, connection dropped mid-transfer, timeout, wrong checksum) is
+    skipped for the next one; ``FodlError`` names every mirror tried and what went wrong when
+    none gives a file with the published checksum.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -48,8 +66,8 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
                 continue
             os.replace(tmp, dest)
             return dest
-        except (urllib.error.URLError, OSError, TimeoutError) as e:
-            problems.append(f"{url}: {e}")
+        except TRANSFER_ERRORS as e:
+            problems.append(f"{url}: {type(e).__name__}: {' '.join(str(e).split()) or repr(e)}")
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
@@ -60,16 +78,61 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
     )
 
 
+@contextlib.contextmanager
+def reading_archive(archive: Path) -> Iterator[None]:
+    """Turn the low-level errors of a truncated or corrupt archive (tarfile, EOFError, zlib,
+    ...) raised inside the block into one ``FodlError`` naming the archive and the fix."""
+    try:
+        yield
+    except ARCHIVE_ERRORS as e:
+        detail = " ".join(str(e).split()) or type(e).__name__
+        raise FodlError(
+            f"{archive} is truncated or corrupt, so it cannot be read ({type(e).__name__}: "
+            f"{detail}). Delete it and download it again (with data.download=true the official "
+            "archive is fetched and md5-verified), or replace it with an intact copy."
+        ) from None
+
+
 def safe_extract_tar(archive: Path, dest: Path) -> None:
-    """Extract a tar archive refusing absolute paths, '..', links and devices."""
+    """Extract a tar archive refusing absolute paths, '..', links and devices.
+
+    A truncated or corrupt archive raises ``FodlError`` (see ``reading_archive``)."""
     dest = Path(dest).resolve()
-    with tarfile.open(archive) as tar:
+    with reading_archive(archive), tarfile.open(archive) as tar:
         members = tar.getmembers()
         for m in members:
             target = (dest / m.name).resolve()
             if not (m.isfile() or m.isdir()) or not str(target).startswith(str(dest) + os.sep):
                 raise FodlError(f"{archive} holds an unsafe member {m.name!r}; refusing to extract it.")
         tar.extractall(dest, members=members, filter="data")
+
+
+def extract_tar_atomically(archive: Path, top: str) -> Path:
+    """Extract ``archive``, whose members all lie under the folder ``top``, next to it, so that
+    ``archive.parent / top`` appears complete or not at all.
+
+    Extraction goes into a temporary sibling folder (``.<top>.partial-*``), ``EXTRACTED_MARK``
+    is written into ``top`` last, and only then is ``top`` renamed into place; an interrupted
+    or failed extraction removes the temporary folder (a killed process leaves only that
+    hidden folder, which no reader looks at). Returns ``archive.parent / top``.
+    """
+    archive = Path(archive)
+    final = archive.parent / top
+    tmp = Path(tempfile.mkdtemp(dir=archive.parent, prefix=f".{top}.partial-"))
+    try:
+        safe_extract_tar(archive, tmp)
+        if not (tmp / top).is_dir() or any(p.name != top for p in tmp.iterdir()):
+            raise FodlError(f"{archive} does not hold a single top folder {top}/: not the "
+                            "expected archive. Delete it and download it again.")
+        (tmp / top / EXTRACTED_MARK).write_text(f"extracted completely from {archive.name}\n")
+        try:
+            os.rename(tmp / top, final)
+        except OSError:
+            if not (final / EXTRACTED_MARK).is_file():  # not a concurrent run that won the race
+                raise
+        return final
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
@@ -86,11 +149,23 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def source_key(paths: Sequence[Path]) -> str:
-    """A cache key that changes when any source file changes (name, size, mtime)."""
+    """A cache key that changes when any source file changes (name, size, mtime).
+
+    A directory stands for every file under it: their relative names, sizes and mtimes all
+    enter the key (one ``stat`` per file, no reading), so an edit anywhere in the tree counts.
+    """
     h = hashlib.sha1()
     for p in paths:
-        st = Path(p).stat()
-        h.update(f"{Path(p).resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        p = Path(p)
+        st = p.stat()
+        h.update(f"{p.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode())
+        if p.is_dir():
+            for dirpath, dirnames, filenames in os.walk(p):
+                dirnames.sort()
+                rel = os.path.relpath(dirpath, p)
+                for name in sorted(filenames):
+                    fst = os.stat(os.path.join(dirpath, name))
+                    h.update(f"\n{rel}/{name}|{fst.st_size}|{fst.st_mtime_ns}".encode())
     return h.hexdigest()[:16]
 
 

@@ -21,6 +21,14 @@ FILES = {
     "test_images": ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3", (10000, 28, 28)),
     "test_labels": ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c", (10000,)),
 }
+# file -> md5 of the official file decompressed (what torchvision / Kaggle copies hold); the
+# .gz files whose md5s are above decompress to exactly these bytes (../shared/data/SOURCES.md)
+RAW_MD5 = {
+    "train-images-idx3-ubyte.gz": "6bbc9ace898e44ae57da46a324031adb",  # 47,040,016 bytes
+    "train-labels-idx1-ubyte.gz": "a25bea736e30d166cdddb491f175f624",  # 60,008 bytes
+    "t10k-images-idx3-ubyte.gz": "2646ac647ad5339dbf082846283269ea",  # 7,840,016 bytes
+    "t10k-labels-idx1-ubyte.gz": "27ae3e4e09519cfbb04c329615203637",  # 10,008 bytes
+}
 MIRRORS = (
     "https://ossci-datasets.s3.amazonaws.com/mnist/",
     "https://storage.googleapis.com/cvdf-datasets/mnist/",
@@ -43,19 +51,24 @@ def load_mnist_files(root: Path, verify: str = "content") -> dict[str, torch.Ten
 
     ``verify="content"`` checks IDX magic, shapes and label range (a local copy may be
     re-compressed, so its bytes need not match the published md5); ``verify="md5"``
-    additionally requires the published checksum of each ``.gz``.
+    additionally requires the published checksum of each file: the official archive's md5 for
+    a ``.gz``, the official decompressed file's md5 for an uncompressed copy.
     """
     out = {}
     for key, (filename, md5, shape) in FILES.items():
         path = locate(root, filename)
         if path is None:
             raise FodlError(_missing_message(root))
-        if verify == "md5" and path.suffix == ".gz" and (got := file_digest(path)) != md5:
-            raise FodlError(
-                f"{path} fails its checksum (md5 {got}, published {md5}): the file is corrupt or "
-                "not the original. Delete it to download it again, or set data.verify=content "
-                "to accept a re-compressed copy."
-            )
+        if verify == "md5":
+            gz = path.suffix == ".gz"
+            want = md5 if gz else RAW_MD5[filename]
+            if (got := file_digest(path)) != want:
+                what = "the official archive" if gz else f"the official {filename} decompressed"
+                raise FodlError(
+                    f"{path} fails its checksum (md5 {got}, {what} has {want}): the file is "
+                    "corrupt or not the original. Delete it to download it again, or set "
+                    "data.verify=content to accept a re-compressed or otherwise re-packed copy."
+                )
         t = read_idx(path)
         if t.dtype != torch.uint8 or tuple(t.shape[1:]) != shape[1:]:
             want = "(N, 28, 28) images" if len(shape) > 1 else "(N,) labels"
