@@ -1,4 +1,5 @@
+from fodl.nets.autoencoder import Autoencoder
 from fodl.nets.cnn import CIFARConvNet, MNISTConvNet
 from fodl.nets.mlp import MLP
 
-__all__ = ["MLP", "MNISTConvNet", "CIFARConvNet"]
+__all__ = ["MLP", "MNISTConvNet", "CIFARConvNet", "Autoencoder"]

@@ -1,0 +1,76 @@
+"""The deep autoencoder of chapter 6 (after Hinton & Salakhutdinov, Science 2006)."""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from fodl.nets.init import INITS, init_weights
+
+# The book's chapter 6 layers draw weights from N(0, sqrt(1 / fan_in)) (``stddev=(1.0 /
+# weight_shape[0])**0.5``), half the variance of the chapter 3 and 5 nets' He init.
+BOOK_INIT = "lecun_normal"
+
+
+class Autoencoder(nn.Module):
+    """``in_features -> hidden[0] -> ... -> code_size`` (encoder) and the mirror image back to
+    ``in_features`` (decoder). Every layer, the code and the output layer included, is
+    ``sigmoid(batch_norm(x W + b))`` as in the book's ``layer()``: batch norm with eps 1e-3 and
+    moving averages of decay 0.9 (PyTorch ``momentum=0.1``), so codes lie in (0, 1) and so
+    do reconstructed pixels.
+
+    Args:
+        in_features: input size; images are flattened (``(B, 1, 28, 28) -> (B, 784)``).
+        hidden: encoder hidden sizes; the decoder uses them reversed. Book: 1000, 500, 250.
+        code_size: dimension of the code. Book: 30 (reconstruction) and 2 (figure 6-11).
+        init: ``lecun_normal`` (the book's N(0, sqrt(1/fan_in)), zero biases) or any scheme
+            of :func:`fodl.nets.init.init_weights`.
+
+    ``encode(x)`` gives codes ``(B, code_size)``, ``decode(z)`` flat reconstructions
+    ``(B, in_features)``, ``forward(x) = decode(encode(x))``.
+    """
+
+    def __init__(
+        self,
+        in_features: int = 784,
+        hidden: Sequence[int] = (1000, 500, 250),
+        code_size: int = 30,
+        init: str = BOOK_INIT,
+    ) -> None:
+        super().__init__()
+        if code_size < 1 or any(h < 1 for h in hidden):
+            raise ValueError(f"code_size ({code_size}) and hidden sizes ({list(hidden)}) must be >= 1")
+        if init != BOOK_INIT and init not in INITS:
+            raise ValueError(f"unknown init {init!r}; choose one of {(BOOK_INIT, *INITS)}")
+        sizes = [in_features, *hidden, code_size]
+        self.in_features = in_features
+        self.code_size = code_size
+        self.encoder = _stack(sizes)
+        self.decoder = _stack(sizes[::-1])
+        if init == BOOK_INIT:
+            with torch.no_grad():
+                for m in self.modules():
+                    if isinstance(m, nn.Linear):
+                        m.weight.normal_(0.0, math.sqrt(1.0 / m.in_features))
+                        m.bias.zero_()
+        else:
+            init_weights(self, init)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.encoder(x.flatten(1))
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decoder(self.encoder(x.flatten(1)))
+
+
+def _stack(sizes: Sequence[int]) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for a, b in zip(sizes[:-1], sizes[1:]):
+        layers += [nn.Linear(a, b), nn.BatchNorm1d(b, eps=1e-3, momentum=0.1), nn.Sigmoid()]
+    return nn.Sequential(*layers)
