@@ -5,6 +5,7 @@ import json
 import pytest
 
 from conftest import make_mnist_like, run_script
+from fodl.checkpoint import read_checkpoint
 
 QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
 
@@ -56,7 +57,12 @@ def test_ddp_two_cpu_processes_then_eval_agrees(workdir):
     (run,) = (workdir / "outputs" / "mnist_mlp" / "runs").iterdir()  # one run dir, shared
     metrics = json.loads((run / "metrics.json").read_text())
     (best,) = (run / "checkpoints").glob("epoch*.ckpt")
-    assert (run / "checkpoints" / "last.ckpt").is_file()
+    last = read_checkpoint(run / "checkpoints" / "last.ckpt")
+    # grouped minibatches (data.steps_per_execution=10, the default) under DDP: 1000 images,
+    # 500 per process, 5 optimizer steps of 100 per epoch, counted per minibatch
+    assert last["fodl_config"]["data"]["steps_per_execution"] == 10 and last["global_step"] == 10
+    # the run's log has each line once (rank 1 writes warnings only)
+    assert (run / "train.log").read_text().count("metrics: ") == 1
     # test accuracy over 2 shards equals a single-process evaluation of the same checkpoint
     r = run_script("eval.py", [f"ckpt_path={best}", f"paths.data_dir={workdir / 'data'}"], workdir)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -84,5 +90,10 @@ def test_optuna_search_runs(workdir):
                                 *_data(workdir), "trainer.max_epochs=1"], workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (workdir / "outputs" / "hparams_search").iterdir()
-    assert (sweep / "optimization_results.yaml").is_file()
-    assert len([p for p in sweep.iterdir() if (p / "metrics.json").is_file()]) == 2
+    import yaml
+    best = yaml.safe_load((sweep / "optimization_results.yaml").read_text())["best_value"]
+    trials = [json.loads((p / "metrics.json").read_text()) for p in sweep.iterdir()
+              if (p / "metrics.json").is_file()]
+    assert len(trials) == 2
+    # the objective Optuna maximised is each trial's val/acc, and it kept the larger one
+    assert best == pytest.approx(max(t["val/acc"] for t in trials)) and 0 < best <= 1

@@ -18,7 +18,15 @@ from fodl.train import build
 
 
 class EpochTimer(L.Callback):
-    """Wall time of each training epoch, excluding its validation pass.
+    """Wall time of each training epoch as a user waits for it, less the validation loop.
+
+    An epoch runs from its ``on_train_epoch_start`` to the next epoch's start (or the end of
+    fit), so it includes everything fodl does around the steps: the module's and every
+    callback's ``on_train_epoch_end`` (parameter histograms, filter images), checkpoint
+    writes, logger flushes. The validation loop itself (``on_validation_start`` to
+    ``on_validation_end``, i.e. the forward passes over the validation split, *excluding*
+    the checkpoint writes that follow it) is subtracted, since the plain loop does not
+    validate. Attach it last, so it opens after the other callbacks' epoch-start hooks.
 
     With ``before_epoch`` set, that function (a plain-loop epoch) runs and is timed right
     before each fodl epoch, so the two are measured under the same machine conditions
@@ -29,30 +37,39 @@ class EpochTimer(L.Callback):
         self.times: list[float] = []
         self.before_times: list[float] = []
         self.before_epoch = before_epoch
-        self._t0 = 0.0
-        self._open = False
+        self._t0: float | None = None
+        self._val_t0 = 0.0
+        self._val_s = 0.0
 
     def _sync(self, trainer):
         if trainer.strategy.root_device.type == "cuda":
             torch.cuda.synchronize()
 
+    def _close(self, trainer):
+        if self._t0 is not None:
+            self._sync(trainer)
+            self.times.append(time.perf_counter() - self._t0 - self._val_s)
+            self._t0 = None
+
     def on_train_epoch_start(self, trainer, pl_module):
+        self._close(trainer)  # the previous epoch ends where this one starts
         if self.before_epoch is not None:
             self.before_times.append(self.before_epoch(trainer.current_epoch))
         self._sync(trainer)
-        self._t0, self._open = time.perf_counter(), True
-
-    def _close(self, trainer):
-        if self._open:
-            self._sync(trainer)
-            self.times.append(time.perf_counter() - self._t0)
-            self._open = False
+        self._val_s = 0.0
+        self._t0 = time.perf_counter()
 
     def on_validation_start(self, trainer, pl_module):
-        if trainer.training or trainer.state.fn == "fit":
-            self._close(trainer)
+        if self._t0 is not None:
+            self._sync(trainer)
+            self._val_t0 = time.perf_counter()
 
-    def on_train_epoch_end(self, trainer, pl_module):
+    def on_validation_end(self, trainer, pl_module):
+        if self._t0 is not None:
+            self._sync(trainer)
+            self._val_s += time.perf_counter() - self._val_t0
+
+    def on_fit_end(self, trainer, pl_module):
         self._close(trainer)
 
 
@@ -126,16 +143,25 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
         batches = _plain_batches(datamodule, device)
         steps = sum(1 for _ in batches(0))
 
+        plain_losses: list[float] = []
+
+        def plain_loss(batch):
+            loss = plain.training_loss(batch)
+            plain_losses.append(loss.detach())
+            return loss
+
         def plain_epoch(epoch: int) -> float:
-            return plain_loop_epochs(plain, opt, lambda _: batches(epoch), 1,
-                                     loss_fn=plain.training_loss)[0]
+            return plain_loop_epochs(plain, opt, lambda _: batches(epoch), 1, loss_fn=plain_loss)[0]
 
         timer = EpochTimer(before_epoch=plain_epoch)
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=datamodule)
     plain_t, fodl_t = timer.before_times[1:] or timer.before_times, timer.times[1:] or timer.times
     return {"plain_s": statistics.median(plain_t), "fodl_s": statistics.median(fodl_t),
-            "ratio": statistics.median(f / p for p, f in zip(plain_t, fodl_t)), "steps": steps}
+            "ratio": statistics.median(f / p for p, f in zip(plain_t, fodl_t)), "steps": steps,
+            "fodl_steps_per_epoch": trainer.global_step // max(trainer.current_epoch, 1),
+            "plain_all": timer.before_times, "fodl_all": timer.times,
+            "plain_loss_first": float(plain_losses[0]), "plain_loss_last": float(plain_losses[-1])}
 
 
 def time_to_accuracy(overrides: list[str], data_dir: str, target: float) -> dict[str, float]:

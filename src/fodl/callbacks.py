@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from typing import Any
 
@@ -9,6 +11,8 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+
+log = logging.getLogger(__name__)
 
 
 def tensorboard(trainer: L.Trainer):
@@ -86,13 +90,50 @@ class StopAtTrainLoss(L.Callback):
 
 
 class ModelCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
-    """Lightning's ``ModelCheckpoint`` with its ``state_key`` computed once.
+    """Lightning's ``ModelCheckpoint`` that keeps the best checkpoint across a resume, with its
+    ``state_key`` computed once.
 
-    Lightning formats every callback's ``state_key`` on every hook dispatch (several per
-    optimizer step); ``ModelCheckpoint`` builds it from a ``repr`` of its settings, which
+    Resume: a resumed run writes a new run directory, and Lightning then drops the restored
+    ``best_model_score`` / ``best_k_models`` (their files are in the old directory), so the
+    first epoch after a resume became "best" and ``test=true`` tested the best of the resumed
+    epochs only. Here the best-k files of the old run are *copied* into the new directory and
+    the scores restored, so ranking continues over the whole run, the new directory holds
+    everything, and the old run's files are never touched (Lightning deletes a checkpoint that
+    drops out of the top k: only copies can go). A best file that no longer exists is reported
+    and ranking restarts.
+
+    Speed: Lightning formats every callback's ``state_key`` on every hook dispatch (several
+    per optimizer step); ``ModelCheckpoint`` builds it from a ``repr`` of its settings, which
     showed up in profiles of the book's small models. The key depends only on constructor
     arguments, so caching it changes nothing else.
     """
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        old_dir = state_dict.get("dirpath", self.dirpath)
+        if self.monitor is None or not self.dirpath or old_dir == self.dirpath:
+            return super().load_state_dict(state_dict)
+        import shutil
+        from pathlib import Path
+
+        best_k = state_dict.get("best_k_models") or {}
+        missing = [p for p in best_k if not Path(p).is_file()]
+        if missing:
+            log.warning("resume: the best checkpoint(s) %s of the resumed run are gone; the best "
+                        "%s is ranked over the resumed epochs only", ", ".join(missing), self.monitor)
+            self.best_model_path = ""
+            return
+        Path(self.dirpath).mkdir(parents=True, exist_ok=True)
+        moved = {p: str(Path(self.dirpath) / Path(p).name) for p in best_k}
+        for src, dst in moved.items():
+            if not Path(dst).exists():  # copy, then rename: never a half-written checkpoint
+                tmp = f"{dst}.part{os.getpid()}"
+                shutil.copy2(src, tmp)
+                os.replace(tmp, dst)
+        new = dict(state_dict, dirpath=self.dirpath, last_model_path="",
+                   best_k_models={moved[p]: v for p, v in best_k.items()},
+                   best_model_path=moved.get(state_dict.get("best_model_path"), ""),
+                   kth_best_model_path=moved.get(state_dict.get("kth_best_model_path"), ""))
+        super().load_state_dict(new)
 
     @property
     def state_key(self) -> str:

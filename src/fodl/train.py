@@ -20,11 +20,49 @@ from fodl.errors import FodlError
 log = logging.getLogger(__name__)
 
 
-def _instantiate_all(group: DictConfig | None) -> list[Any]:
-    """Instantiate every ``_target_`` entry of a callbacks/logger group (empty group -> [])."""
+def _instantiate_all(group: DictConfig | None, name: str) -> list[Any]:
+    """Instantiate every entry of the callbacks/logger group ``name`` (empty group -> []; an
+    entry set to null is switched off). An entry without ``_target_`` (e.g. a misspelled key)
+    is an error, not silently dropped."""
     if not group:
         return []
-    return [instantiate(c) for c in group.values() if isinstance(c, DictConfig) and "_target_" in c]
+    out = []
+    for key, c in group.items():
+        if c is None:
+            continue
+        if not isinstance(c, DictConfig) or "_target_" not in c:
+            keys = ", ".join(map(str, c.keys())) if isinstance(c, DictConfig) else repr(c)
+            raise FodlError(
+                f"{name}.{key} has no _target_ (it has: {keys}), so it cannot be built. Give the "
+                f"class to build as {name}.{key}._target_=<module.Class>, or switch the entry off "
+                f"with {name}.{key}=null.")
+        out.append(instantiate(c))
+    return out
+
+
+def _check_resume(ckpt: dict[str, Any], resolved: dict[str, Any], path: str) -> None:
+    """Resume continues a run as it was configured. Lightning restores the optimizer's and
+    the scheduler's state from the checkpoint, so a changed learning rate or schedule (e.g.
+    a cosine T_max tied to a larger trainer.max_epochs) would be silently replaced by the
+    old one, or a schedule would restart past its end. Refuse such a resume, naming the
+    differences; extending a run without a schedule tied to its length is fine."""
+    stored = ckpt.get("fodl_config") or {}
+    if not stored:
+        return
+
+    def part(cfg: dict) -> dict:
+        return {"optimizer": cfg.get("optimizer"), "scheduler": cfg.get("scheduler") or None,
+                "model.scheduler_interval": (cfg.get("model") or {}).get("scheduler_interval")}
+
+    old, new = _flat(part(stored)), _flat(part(resolved))
+    diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
+    if diff:
+        shown = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in diff[:6])
+        raise FodlError(
+            f"Cannot resume from {path} with a different optimizer or schedule ({shown}). Resume "
+            "restores the optimizer and scheduler state of the checkpoint, so the new values would "
+            "be ignored or the schedule would run past its end. Resume with the run's own settings "
+            "(drop those overrides), or start a new run for a new schedule.")
 
 
 def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
@@ -70,8 +108,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
-    callbacks = _instantiate_all(cfg.get("callbacks")) + [ConfigInCheckpoint(resolved)]
-    loggers = _instantiate_all(cfg.get("logger"))
+    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks") + [ConfigInCheckpoint(resolved)]
+    loggers = _instantiate_all(cfg.get("logger"), "logger")
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
 
@@ -83,7 +121,9 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path:
-        check_compatible(model, read_checkpoint(ckpt_path), ckpt_path)
+        ckpt = read_checkpoint(ckpt_path)
+        check_compatible(model, ckpt, ckpt_path)
+        _check_resume(ckpt, resolved, ckpt_path)
         log.info("resuming from %s", ckpt_path)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -91,7 +131,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None
-        if best is None:
+        if getattr(datamodule, "validation_is_test", False):
+            # a checkpoint chosen on the test split must not report its test number
+            log.warning("validation ran on the test split (data.val_size=0, the book's setup): "
+                        "testing the weights of the last epoch, not the best checkpoint")
+            best = None
+        elif best is None:
             log.warning("no best checkpoint; testing the weights at the end of training")
         test_metrics = trainer.test(model, datamodule=datamodule, ckpt_path=best, verbose=True,
                                     weights_only=True)
@@ -131,14 +176,48 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     return metrics
 
 
+class _RankZeroLogs(logging.Filter):
+    """Under DDP every process runs the entry point and would write every line to the console
+    and the run's log: processes other than rank 0 keep only warnings and errors, marked
+    with their rank."""
+
+    def __init__(self, rank: int) -> None:
+        super().__init__()
+        self.rank = rank
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.WARNING:
+            return False
+        if not getattr(record, "_fodl_rank", False):
+            record.msg = f"[rank {self.rank}] {record.msg}"
+            record._fodl_rank = True
+        return True
+
+
+def _rank_aware_logging() -> None:
+    from lightning.fabric.utilities.rank_zero import rank_zero_only
+
+    rank = int(getattr(rank_zero_only, "rank", 0) or 0)
+    root = logging.getLogger()
+    if rank and not any(isinstance(f, _RankZeroLogs) for h in root.handlers for f in h.filters):
+        for h in root.handlers:
+            h.addFilter(_RankZeroLogs(rank))
+
+
 def run_entry(fn, cfg: DictConfig):
-    """Run ``fn(cfg)``; a ``FodlError`` prints its one-paragraph message and exits with 2."""
+    """Run ``fn(cfg)``; a ``FodlError`` prints its one-paragraph message and exits with 2. Any
+    other exception is written to the run's log (train.log) with its traceback, then raised."""
     torch.set_float32_matmul_precision("high")
+    _rank_aware_logging()
     try:
         metrics = fn(cfg)
     except FodlError as e:
         log.error("%s", e)
         raise SystemExit(2) from None
+    except Exception:
+        log.exception("the run failed with an unexpected error (traceback above); please report it "
+                      "with this log if it is not caused by your configuration")
+        raise
     name = cfg.get("optimized_metric")
     if not name:
         return None

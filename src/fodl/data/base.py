@@ -42,6 +42,9 @@ class InMemoryDataModule(L.LightningDataModule):
         self.drop_last = drop_last
         self.steps_per_execution = steps_per_execution
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
+        # True when validation runs on the test split (the book's CIFAR setup, val_size=0): a
+        # checkpoint chosen on it must not be the one whose test number is reported
+        self.validation_is_test = False
 
     # -- helpers -------------------------------------------------------------------------
     def _dist(self) -> tuple[int, int]:

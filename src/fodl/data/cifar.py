@@ -21,7 +21,7 @@ from fodl.data.download import (
     extract_tar_atomically,
     reading_archive,
 )
-from fodl.data.loader import StepGroup
+from fodl.data.loader import StepGroup, derive_seed
 from fodl.errors import FodlError
 
 log = logging.getLogger(__name__)
@@ -173,6 +173,7 @@ class CIFAR10DataModule(InMemoryDataModule):
         self.crop = crop
         self.augment = augment
         self._generator: torch.Generator | None = None
+        self._generator_key: tuple | None = None
 
     def prepare_data(self) -> None:
         if find_source(self.root) is not None:
@@ -209,12 +210,20 @@ class CIFAR10DataModule(InMemoryDataModule):
                        "test": (raw["test_x"], raw["test_y"])}
         if self.val_size == 0:
             self.splits["val"] = self.splits["test"]
+            self.validation_is_test = True
 
     # -- batched, on-device transforms ---------------------------------------------------
     def _gen(self, device: torch.device) -> torch.Generator:
-        if self._generator is None or self._generator.device != device:
-            rank = self.trainer.global_rank if self.trainer is not None else 0
-            self._generator = torch.Generator(device=device).manual_seed(self.seed * 1000 + rank)
+        """The augmentation stream of this (seed, epoch, process): re-seeded at each epoch, so
+        a run resumed from an epoch's checkpoint draws exactly the distortions the
+        uninterrupted run drew (no generator state to save), and ranks draw differently."""
+        t = self.trainer
+        key = (device, t.current_epoch if t is not None else 0)
+        if self._generator is None or self._generator_key != key:
+            rank = t.global_rank if t is not None else 0
+            self._generator = torch.Generator(device=device).manual_seed(
+                derive_seed(self.seed, key[1], rank))
+            self._generator_key = key
         return self._generator
 
     def transform(self, x: torch.Tensor, train: bool) -> torch.Tensor:

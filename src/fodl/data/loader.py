@@ -12,6 +12,15 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 
+def derive_seed(*keys: int) -> int:
+    """A 64-bit seed for the random stream named by ``keys`` (e.g. run seed, epoch, rank):
+    a hash (numpy's ``SeedSequence``), so streams of different keys never coincide as they
+    do with ``seed + epoch`` (where seed 0's epoch 1 is seed 1's epoch 0)."""
+    from numpy.random import SeedSequence
+
+    return int(SeedSequence([int(k) % 2**64 for k in keys]).generate_state(1, "uint64")[0])
+
+
 class StepGroup(list):
     """Consecutive minibatches delivered as one item (``steps_per_execution > 1``): the
     training loop takes one optimizer step for each, in order. A type of its own, so that a
@@ -112,9 +121,7 @@ class TensorLoader:
         device = self.tensors[0].device
         if self.shuffle:
             # one stream per (seed, epoch), a function of both only (a resumed run replays it)
-            from numpy.random import SeedSequence
-            state = SeedSequence([self.seed % 2**64, self.epoch]).generate_state(1, "uint64")[0]
-            g = torch.Generator().manual_seed(int(state))
+            g = torch.Generator().manual_seed(derive_seed(self.seed, self.epoch))
             idx = torch.randperm(self._n, generator=g)
         else:
             idx = torch.arange(self._n)

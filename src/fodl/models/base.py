@@ -182,6 +182,24 @@ class FodlModule(L.LightningModule):
                 b.copy_(s)
         self._graph_shape = x.shape
 
+    # -- checkpoints -------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Store the global RNG states (dropout, random masks, negative samples draw from
+        them), so a resumed run continues the same random stream as an uninterrupted one.
+        Lightning keeps weights, optimizer, scheduler and loop state but not these."""
+        checkpoint["fodl_rng"] = {"torch": torch.get_rng_state()}
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            checkpoint["fodl_rng"]["cuda"] = torch.cuda.get_rng_state_all()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        rng = checkpoint.get("fodl_rng")
+        if not rng or self._trainer is None or not self.trainer.training:
+            return  # weights for testing / inference: leave the RNG alone
+        torch.set_rng_state(rng["torch"])
+        cuda = rng.get("cuda")
+        if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda)
+
     # -- optimisation --------------------------------------------------------------------
     def configure_optimizers(self):
         if self.optimizer_factory is None:
