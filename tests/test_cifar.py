@@ -183,3 +183,37 @@ def test_penultimate_features_shape():
     from fodl.analysis.embedding import penultimate_features
     feats = penultimate_features(CIFARConvNet(), torch.rand(7, 3, 24, 24), batch_size=3)
     assert feats.shape == (7, 192)
+
+
+def test_validation_sees_the_evaluation_view_during_fit(tmp_path, tiny_cifar):
+    """During fit, training batches are distorted and validation batches are the deterministic
+    evaluation view (centre crop + standardisation) of the validation images, in order."""
+    import lightning as L
+
+    from fodl.data.augment import evaluate_view
+    from fodl.train import build
+
+    seen = {}
+
+    class Spy(L.Callback):
+        def on_train_batch_start(self, trainer, module, batch, batch_idx):
+            seen.setdefault("train", batch[0][0] if isinstance(batch, list) else batch[0])
+
+        def on_validation_batch_start(self, trainer, module, batch, batch_idx, dataloader_idx=0):
+            if trainer.sanity_checking:
+                return
+            seen.setdefault("val", batch[0])
+
+    cfg = compose_train(["model=cifar_cnn", f"paths.data_dir={tiny_cifar}", *FAST, "data.val_size=50",
+                         "data.batch_size=25", "trainer.max_epochs=1", "test=false"], tmp_path / "r")
+    datamodule, module, trainer = build(cfg)
+    trainer.callbacks.append(Spy())
+    trainer.fit(module, datamodule=datamodule)
+    val_x = datamodule.splits["val"][0]
+    expected = evaluate_view(val_x[: len(seen["val"])], 24)
+    torch.testing.assert_close(seen["val"], expected)
+    assert seen["train"].shape[-2:] == (24, 24)
+    train_x = datamodule.splits["train"][0]
+    views = evaluate_view(train_x, 24)
+    # no training image comes through as its evaluation view (it is randomly distorted)
+    assert not any(torch.allclose(seen["train"][0], v, atol=1e-4) for v in views)
