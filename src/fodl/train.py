@@ -15,7 +15,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from fodl.callbacks import ConfigInCheckpoint
 from fodl.checkpoint import check_compatible, load_module, read_checkpoint
+from fodl.cluster import global_rank  # also registers the run-directory resolvers
 from fodl.errors import FodlError
+from fodl.resume import continue_tensorboard, resolve_ckpt_path
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +92,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
         import os
         import secrets
 
-        worker = os.environ.get("LOCAL_RANK", "0") != "0"  # a DDP process other than rank 0
+        worker = os.environ.get("LOCAL_RANK", "0") != "0" or global_rank() != 0  # not rank 0
         if worker and not os.environ.get("PL_GLOBAL_SEED"):
             raise FodlError("seed=null cannot be used when the processes of a multi-process run "
                             "are started outside Lightning (torchrun, SLURM): each would draw a "
@@ -119,11 +121,12 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule, model, trainer = build(cfg)
     resolved = next(c.config for c in trainer.callbacks if isinstance(c, ConfigInCheckpoint))
 
-    ckpt_path = cfg.get("ckpt_path")
+    ckpt_path = resolve_ckpt_path(cfg)  # a path, or ckpt_path=auto: this experiment's newest last.ckpt
     if ckpt_path:
         ckpt = read_checkpoint(ckpt_path)
         check_compatible(model, ckpt, ckpt_path)
         _check_resume(ckpt, resolved, ckpt_path)
+        continue_tensorboard(trainer, ckpt, cfg.paths.output_dir)  # one curve across the resume
         log.info("resuming from %s", ckpt_path)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
@@ -204,15 +207,28 @@ def _rank_aware_logging() -> None:
             h.addFilter(_RankZeroLogs(rank))
 
 
+def _in_sweep() -> bool:
+    from hydra.types import RunMode
+
+    try:
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:
+        return False
+
+
 def run_entry(fn, cfg: DictConfig):
     """Run ``fn(cfg)``; a ``FodlError`` prints its one-paragraph message and exits with 2. Any
-    other exception is written to the run's log (train.log) with its traceback, then raised."""
+    other exception is written to the run's log (train.log) with its traceback, then raised.
+    In a sweep (``-m``) a job never exits the process: its error is raised to the launcher,
+    which records the job as failed while the other jobs go on (fodl.cluster.SweepReport)."""
     torch.set_float32_matmul_precision("high")
     _rank_aware_logging()
     try:
         metrics = fn(cfg)
     except FodlError as e:
         log.error("%s", e)
+        if _in_sweep():
+            raise FodlError(str(e)) from None
         raise SystemExit(2) from None
     except Exception:
         log.exception("the run failed with an unexpected error (traceback above); please report it "
@@ -222,7 +238,10 @@ def run_entry(fn, cfg: DictConfig):
     if not name:
         return None
     if name not in metrics:
-        log.error("optimized_metric=%s was not logged by this run (logged: %s). Set "
-                  "optimized_metric to one of those names.", name, ", ".join(sorted(metrics)))
+        msg = (f"optimized_metric={name} was not logged by this run (logged: "
+               f"{', '.join(sorted(metrics))}). Set optimized_metric to one of those names.")
+        log.error("%s", msg)
+        if _in_sweep():
+            raise FodlError(msg)
         raise SystemExit(2)
     return metrics[name]

@@ -19,6 +19,7 @@ logging cadence of ``train/loss_step``, and CUDA-graph capture on one GPU.
 
 from __future__ import annotations
 
+import os
 from typing import Any, Callable
 
 import lightning as L
@@ -78,6 +79,7 @@ class FodlModule(L.LightningModule):
         self.gradient_clip_val = gradient_clip_val
         self.cuda_graph = cuda_graph
         self._epoch_losses: list[torch.Tensor] = []  # appended, not re-assigned: no Module.__setattr__ per step
+        self._losses_checked = 0  # how many of _epoch_losses are known to be finite
         self._graph_shape: torch.Size | None = None  # input shape the net was graphed for
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -139,13 +141,61 @@ class FodlModule(L.LightningModule):
         if hasattr(loop, "_batches_that_stepped"):
             loop._batches_that_stepped += n - 1
 
+    # -- a diverged run stops before it is checkpointed ------------------------------------
+    def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
+        if batch_idx + 1 == self.trainer.num_training_batches:  # before epoch-end callbacks
+            self._check_finite_losses()
+
+    def on_validation_start(self) -> None:
+        if self.trainer.training:  # (mid-epoch) validation during fit: its checkpoints come next
+            self._check_finite_losses()
+
+    def _check_finite_losses(self) -> None:
+        """Stop with a :class:`FodlError` naming the step when a training loss of this epoch is
+        not finite, before anything of the epoch is checkpointed, so ``last.ckpt`` stays the last
+        good one. The losses stay on the device during the epoch; this is one host sync (and under
+        DDP one collective, so every process stops) per check, at most a few per epoch."""
+        losses = self._epoch_losses
+        if len(losses) <= self._losses_checked:
+            return
+        finite = torch.isfinite(torch.stack(losses))
+        bad = not bool(finite.all())
+        if self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce_boolean_decision(bad, all=False)
+        self._losses_checked = len(losses)
+        if not bad:
+            return
+        t = self.trainer
+        if finite.all():
+            where = "on another process"
+        else:
+            i = int((~finite).nonzero()[0])
+            value = float(losses[i])
+            step = t.global_step - len(losses) + i + 1
+            where = (f"({value}) at optimizer step {step} (epoch {t.current_epoch}, minibatch "
+                     f"{i + 1} of the epoch)")
+        kept = [p for cb in t.checkpoint_callbacks for p in (getattr(cb, "last_model_path", ""),
+                                                            getattr(cb, "best_model_path", ""))
+                if p and os.path.isfile(p)]
+        kept = sorted(set(kept), key=lambda p: not p.endswith("last.ckpt"))
+        lr = ", ".join(f"{g['lr']:g}" for g in t.optimizers[0].param_groups) if t.optimizers else "?"
+        raise FodlError(
+            f"The training loss is not finite {where}: training diverged, so the run stops here, "
+            "before checkpointing the diverged weights. "
+            + (f"The last good checkpoint is kept: {kept[0]}. " if kept else
+               "No checkpoint of this run was written before it. ")
+            + f"Lower the learning rate (optimizer.lr; now {lr}), clip gradients "
+            "(model.gradient_clip_val=1.0), or check the data for NaN/inf values.")
+
     def on_train_epoch_end(self) -> None:
+        self._check_finite_losses()
         if self.scheduler_factory and self.scheduler_interval == "epoch":
             self.lr_schedulers().step()
         if self._epoch_losses:
             mean = torch.stack(self._epoch_losses).mean()
             self.log("train/loss", mean, on_epoch=True, sync_dist=True, prog_bar=True)
         self._epoch_losses.clear()
+        self._losses_checked = 0
 
     # -- CUDA graphs --------------------------------------------------------------------
     def on_fit_start(self) -> None:
