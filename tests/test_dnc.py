@@ -1,0 +1,359 @@
+"""Chapter 8: the DNC's memory operations on hand-computed cases, the nets, the copy-task and
+bAbI data (a hand-written story file in the real format), the sequence module's scoring, and a
+short training run through the real train() path."""
+
+import math
+import tarfile
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA, compose_train, shared_file
+from fodl.data.babi import (
+    ANSWER,
+    QUESTION,
+    STOP,
+    BabiDataModule,
+    StoryBatch,
+    gather_stories,
+    parse_babi,
+    story_tokens,
+)
+from fodl.data.copy_task import CopyTaskDataModule, make_copy_batch
+from fodl.errors import FodlError
+from fodl.models.sequence import SequenceModule
+from fodl.nets.dnc import (
+    DNC,
+    SequenceLSTM,
+    allocation_weighting,
+    content_weighting,
+    directional_weightings,
+    interface_size,
+    parse_interface,
+    read_weighting,
+    retention,
+    update_link,
+    update_precedence,
+    update_usage,
+    write_memory,
+    write_weighting,
+)
+
+T = torch.tensor
+
+
+def approx(a, b, tol=1e-5):
+    return torch.allclose(torch.as_tensor(a, dtype=torch.float32), torch.as_tensor(b, dtype=torch.float32),
+                          atol=tol, rtol=0)
+
+
+# -- memory operations, one by one ---------------------------------------------------------
+def test_content_weighting_hand_case():
+    memory = T([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]])  # slot 2 empty
+    w = content_weighting(memory, T([[[1.0, 0.0], [1.0, 1.0]]]), T([[2.0, 1.0]]))
+    e2 = math.exp(2)
+    assert approx(w[0, 0], [e2 / (e2 + 2), 1 / (e2 + 2), 1 / (e2 + 2)])  # cos = 1, 0, 0 (empty row: 0)
+    c = 1 / math.sqrt(2)
+    z = 2 * math.exp(c) + 1
+    assert approx(w[0, 1], [math.exp(c) / z, math.exp(c) / z, 1 / z])
+    # sharper with a larger strength, and a finite gradient at an all-zero memory
+    assert content_weighting(memory, T([[[1.0, 0.0]]]), T([[50.0]]))[0, 0, 0] > 0.999
+    zero = torch.zeros(1, 3, 2, requires_grad=True)
+    key = torch.zeros(1, 1, 2, requires_grad=True)
+    out = content_weighting(zero, key, T([[5.0]]))
+    assert approx(out[0, 0], [1 / 3] * 3)
+    out[0, 0, 0].backward()
+    assert torch.isfinite(zero.grad).all() and torch.isfinite(key.grad).all()
+
+
+def test_retention_and_usage_update():
+    psi = retention(T([[0.5, 1.0]]), T([[[1.0, 0.0, 0.0], [0.0, 0.5, 0.0]]]))
+    assert approx(psi, [[0.5, 0.5, 1.0]])
+    u = update_usage(T([[0.5, 0.0, 1.0]]), T([[0.5, 1.0, 0.0]]), T([[1.0, 1.0, 0.0]]))
+    assert approx(u, [[0.75, 1.0, 0.0]])  # u + w - uw, then slot 2 freed by psi = 0
+
+
+def test_allocation_ordering_and_ties():
+    # slot 1 is the least used: it gets 1 - u; then slot 0, then slot 2
+    assert approx(allocation_weighting(T([[0.4, 0.1, 0.9]])), [[0.6 * 0.1, 0.9, 0.1 * 0.1 * 0.4]])
+    # ties are broken by slot index: slot 0 before slot 1
+    assert approx(allocation_weighting(T([[0.5, 0.5, 1.0]])), [[0.5, 0.25, 0.0]])
+    # an empty memory allocates its first slot; a full one allocates nothing
+    a = allocation_weighting(torch.zeros(1, 4))
+    assert a[0, 0] > 0.999 and a[0, 1:].sum() < 1e-5
+    assert allocation_weighting(torch.ones(2, 4)).abs().max() < 1e-5
+    # batched: each row on its own
+    both = allocation_weighting(T([[0.4, 0.1, 0.9], [0.5, 0.5, 1.0]]))
+    assert approx(both[1], [0.5, 0.25, 0.0])
+
+
+def test_write_weighting_and_memory_write():
+    ww = write_weighting(T([[1.0, 0.0]]), T([[0.2, 0.8]]), T([[0.5]]), T([[0.75]]))
+    assert approx(ww, [[0.5 * (0.75 + 0.25 * 0.2), 0.5 * 0.25 * 0.8]])
+    memory = T([[[1.0, 1.0], [2.0, 2.0]]])
+    new = write_memory(memory, T([[1.0, 0.5]]), T([[1.0, 0.0]]), T([[3.0, 4.0]]))
+    # slot 0: erased on channel 0 then + v; slot 1: half erased on channel 0, + v / 2
+    assert approx(new, [[[3.0, 5.0], [2.5, 4.0]]])
+
+
+def test_link_matrix_and_precedence():
+    n = 3
+    link, p = torch.zeros(1, n, n), torch.zeros(1, n)
+    for slot in range(n):  # write slots 0, 1, 2 in turn, fully
+        w = torch.zeros(1, n)
+        w[0, slot] = 1.0
+        link = update_link(link, p, w)
+        p = update_precedence(p, w)
+    assert approx(link, [[[0, 0, 0], [1, 0, 0], [0, 1, 0]]])  # L[i, j]: i written right after j
+    assert approx(p, [[0, 0, 1]])
+    # precedence decays by the total write and adds the new one
+    assert approx(update_precedence(T([[0.2, 0.3, 0.5]]), T([[0.0, 0.5, 0.0]])), [[0.1, 0.65, 0.25]])
+    # soft writes: L[i,j] = w_i p_j off the diagonal, the diagonal stays zero
+    out = update_link(torch.zeros(1, n, n), T([[0.5, 0.5, 0.0]]), T([[0.5, 0.5, 0.0]]))
+    assert approx(out, [[[0, 0.25, 0], [0.25, 0, 0], [0, 0, 0]]])
+    assert (torch.diagonal(update_link(torch.rand(4, n, n), torch.rand(4, n), torch.rand(4, n) / n),
+                           dim1=1, dim2=2) == 0).all()
+
+
+def test_forward_and_backward_reads():
+    link = T([[[0.0, 0.0, 0.0], [1.0, 0.0, 0.0], [0.0, 1.0, 0.0]]])  # order written: 0, 1, 2
+    prev = T([[[0.0, 1.0, 0.0]]])  # head 0 read slot 1
+    fwd, bwd = directional_weightings(link, prev)
+    assert approx(fwd, [[[0, 0, 1]]]) and approx(bwd, [[[1, 0, 0]]])  # next written / previous
+    content = T([[[0.2, 0.3, 0.5]]])
+    modes = T([[[0.25, 0.25, 0.5]]])  # backward, content, forward
+    assert approx(read_weighting(modes, bwd, content, fwd), [[[0.25 + 0.05, 0.075, 0.125 + 0.5]]])
+
+
+def test_interface_layout():
+    w, r = 4, 2
+    size = interface_size(w, r)
+    assert size == r * w + 3 * w + 5 * r + 3
+    xi = torch.randn(3, size)
+    f = parse_interface(xi, w, r)
+    assert f.read_keys.shape == (3, r, w) and f.write_key.shape == (3, 1, w)
+    assert f.read_strengths.shape == (3, r) and (f.read_strengths >= 1).all() and (f.write_strength >= 1).all()
+    for gate in (f.erase, f.free_gates, f.allocation_gate, f.write_gate):
+        assert ((gate > 0) & (gate < 1)).all()
+    assert approx(f.read_modes.sum(-1), torch.ones(3, r))
+    # every entry of the interface vector lands in exactly one field
+    xi = torch.zeros(1, size, requires_grad=True)
+    f = parse_interface(xi, w, r)
+    sum(v.sum() for v in f).backward()
+    assert (xi.grad != 0).sum() >= size - 3 * r  # (softmax of zeros: gradient 0 on the modes)
+
+
+# -- the nets --------------------------------------------------------------------------------
+@pytest.mark.parametrize("controller", ["lstm", "feedforward"])
+def test_dnc_gradients_reach_every_parameter(controller):
+    torch.manual_seed(0)
+    net = DNC(6, 4, controller=controller, hidden_size=16, memory_size=8, word_size=5, read_heads=2)
+    y, trace = net(torch.rand(3, 7, 6), trace=True)
+    assert y.shape == (3, 7, 4)
+    assert trace["write_weights"].shape == (3, 7, 8) and trace["read_weights"].shape == (3, 7, 2, 8)
+    assert (trace["write_weights"].sum(-1) <= 1 + 1e-5).all()
+    (y.square().mean() + y.mean()).backward()
+    dead = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead
+
+
+def test_token_input_and_lstm_baseline():
+    torch.manual_seed(0)
+    x = torch.randint(0, 11, (2, 9))
+    dnc = DNC(11, 11, tokens=True, hidden_size=8, memory_size=4, word_size=3)
+    lstm = SequenceLSTM(11, 11, tokens=True, hidden_size=8)
+    assert dnc(x).shape == lstm(x).shape == (2, 9, 11)
+    # one-hot input through the LSTM equals feeding the one-hot vectors yourself
+    vec = SequenceLSTM(11, 11, hidden_size=8)
+    vec.load_state_dict(lstm.state_dict())
+    assert torch.allclose(vec(torch.nn.functional.one_hot(x, 11).float()), lstm(x))
+    with pytest.raises(ValueError, match="controller"):
+        DNC(3, 3, controller="gru")
+
+
+def test_long_run_stays_finite():
+    """The public PyTorch DNC warns of NaNs: 250 steps with weights blown up 20x (saturated
+    gates, huge key strengths) keep outputs and gradients finite."""
+    torch.manual_seed(0)
+    net = DNC(6, 4, hidden_size=16, memory_size=8, word_size=4, read_heads=2)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.mul_(20)
+    y, trace = net(torch.randn(2, 250, 6) * 10, trace=True)
+    y.sum().backward()
+    assert torch.isfinite(y).all()
+    assert all(torch.isfinite(p.grad).all() for p in net.parameters())
+    assert ((trace["usage"] >= 0) & (trace["usage"] <= 1 + 1e-5)).all()
+
+
+def test_short_copy_run_lowers_the_loss():
+    torch.manual_seed(0)
+    net = DNC(6, 4, hidden_size=32, memory_size=8, word_size=8)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(40):
+        b = make_copy_batch(16, 3, 4, generator=g)
+        y = net(b.inputs)
+        m = b.mask.unsqueeze(-1).float()
+        loss = (torch.nn.functional.binary_cross_entropy_with_logits(y, b.targets, reduction="none") * m).sum() / (
+            m.sum() * 4)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[0] > 0.65 and sum(losses[-5:]) / 5 < 0.55
+
+
+# -- copy task data --------------------------------------------------------------------------
+def test_copy_batch_layout():
+    b = make_copy_batch(2, 3, 4, repeats=2, max_repeats=4, generator=torch.Generator().manual_seed(1))
+    assert b.inputs.shape == (2, 3 + 1 + 6, 6) and b.targets.shape == (2, 10, 4)
+    bits = b.inputs[:, :3, :4]
+    assert torch.equal(b.targets[:, 4:7], bits) and torch.equal(b.targets[:, 7:], bits)
+    assert (b.inputs[:, 3, 4] == 1).all() and (b.inputs[:, 3, 5] == 0.5).all()  # delimiter, 2 of 4
+    assert b.inputs[:, 4:].abs().sum() == 0 and b.targets[:, :4].abs().sum() == 0
+    assert b.mask.tolist() == [[False] * 4 + [True] * 6] * 2 and b.length.tolist() == [3, 3]
+
+
+def test_copy_datamodule_streams_and_errors():
+    dm = CopyTaskDataModule(width=4, min_length=2, max_length=5, batch_size=3, batches_per_epoch=4,
+                            test_lengths=[1, 9], seed=3)
+    dm.setup()
+    e0 = list(dm.train_dataloader())
+    again = list(dm.train_dataloader())
+    assert len(e0) == 4 and all(torch.equal(a.inputs, b.inputs) for a, b in zip(e0, again))
+    assert all(2 <= int(b.length[0]) <= 5 for b in e0)
+    assert [int(b.length[0]) for b in dm.test_dataloader()] == list(range(1, 10))
+    assert [int(b.length[0]) for b in dm.val_dataloader()] == [2, 3, 4, 5]
+    with pytest.raises(FodlError, match="max_length"):
+        CopyTaskDataModule(min_length=5, max_length=2)
+
+
+# -- bAbI ------------------------------------------------------------------------------------
+STORY_QA1 = """1 Mary moved to the bathroom.
+2 John went to the hallway.
+3 Where is Mary? \tbathroom\t1
+4 Daniel went back to the hallway.
+5 Where is Daniel? \thallway\t4
+1 Sandra travelled to the office.
+2 Where is Sandra? \toffice\t1
+"""
+STORY_QA8 = """1 Mary took the apple.
+2 Mary grabbed the football there.
+3 What is Mary carrying?\tapple,football\t1 2
+4 Mary dropped the apple.
+5 What is Mary carrying?\tfootball\t1 2 4
+"""
+
+
+def write_babi(root, files: dict[str, str], archive: bool = True):
+    folder = root / "babi-en-10k"
+    folder.mkdir(parents=True)
+    for name, text in files.items():
+        (folder / name).write_text(text)
+    if not archive:
+        return folder
+    path = root / "babi-en-10k.tar.gz"
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="babi-en-10k")
+    return path
+
+
+def test_babi_reader_on_a_hand_written_story():
+    stories = parse_babi(STORY_QA1 + STORY_QA8, "x.txt")
+    assert len(stories) == 3 and [len(s) for s in stories] == [5, 2, 5]
+    q = stories[0][2]
+    assert q.words == ["where", "is", "mary"] and q.answers == ["bathroom"] and q.supporting == [1]
+    assert stories[2][2].answers == ["apple", "football"] and stories[2][2].supporting == [1, 2]
+    words, targets = story_tokens(stories[2][:3])
+    assert words == ["mary", "took", "the", "apple", STOP, "mary", "grabbed", "the", "football", "there",
+                     STOP, "what", "is", "mary", "carrying", QUESTION, ANSWER, ANSWER]
+    assert targets[-2:] == ["apple", "football"] and set(targets[:-2]) == {None}
+    with pytest.raises(FodlError, match="line 1"):
+        parse_babi("Mary moved.\n", "bad.txt")
+
+
+def test_babi_datamodule_encodes_scores_and_names_missing_files(tmp_path):
+    files = {"qa1_single-supporting-fact_train.txt": STORY_QA1 * 5,
+             "qa1_single-supporting-fact_test.txt": STORY_QA1,
+             "qa8_lists-sets_train.txt": STORY_QA8 * 5, "qa8_lists-sets_test.txt": STORY_QA8,
+             "qa3_three-supporting-facts_test.txt": STORY_QA1}
+    path = write_babi(tmp_path, files)
+    dm = BabiDataModule(data_dir=str(tmp_path), tasks=[1, 8], val_fraction=0.2, batch_size=4,
+                        eval_batch_size=8, cache_dir=str(tmp_path / "cache"))
+    dm.setup("fit")
+    assert dm.vocab.words[:5] == ["<pad>", "<unk>", STOP, QUESTION, ANSWER]
+    assert len(dm.splits["train"][0]) == 12 and len(dm.splits["val"][0]) == 3  # 15 stories, 20% held out
+    assert dm.tasks_in["test"] == [1, 8]
+    batch = next(iter(dm.test_dataloader()))
+    assert isinstance(batch, StoryBatch) and batch.inputs.shape[0] == 3
+    assert dm.vocab.decode(batch.targets[batch.answer].tolist()) == [
+        "bathroom", "hallway", "office", "apple", "football", "football"]
+    assert batch.question[2][batch.answer[2]].tolist() == [0, 0, 1]  # two words, one question
+    # training batches: shuffled per epoch, every story once, padded to the batch's longest
+    seen = sorted(int(s) for b in dm.train_dataloader() for s in b.task)
+    assert seen == [1] * 8 + [8] * 4
+    # the same folder, unpacked, gives the same data (folder or archive)
+    dm2 = BabiDataModule(data_dir=str(path.parent / "babi-en-10k"), path=".", tasks=[1, 8], val_fraction=0.2)
+    dm2.setup()
+    assert dm2.vocab.words == dm.vocab.words
+    # a task whose file is absent: a clear error naming it, or skipped on request
+    with pytest.raises(FodlError, match=r"qa3_three-supporting-facts_train\.txt.*missing=skip"):
+        BabiDataModule(data_dir=str(tmp_path), tasks=[1, 3]).setup()
+    skip = BabiDataModule(data_dir=str(tmp_path), tasks=[1, 3], missing="skip")
+    skip.setup()
+    assert skip.tasks_in["train"] == [1] and skip.tasks_in["test"] == [1, 3]
+    with pytest.raises(FodlError, match="not found"):
+        BabiDataModule(data_dir=str(tmp_path / "nowhere")).setup()
+    with pytest.raises(FodlError, match="max_size"):
+        BabiDataModule(data_dir=str(tmp_path), tasks=[1, 8], max_size=10).setup()
+
+
+def test_babi_scoring_counts_a_question_right_only_when_all_its_words_are():
+    module = SequenceModule(lambda **kw: SequenceLSTM(hidden_size=4, **kw), optimizer=None, vocab_size=10)
+    # one story: a 1-word question (right) then a 2-word question (one word wrong)
+    tokens = T([5, 3, 4, 6, 3, 4, 4], dtype=torch.int32)
+    answers = T([0, 0, 7, 0, 0, 8, 9], dtype=torch.int32)
+    batch = gather_stories(tokens, answers, T([0]), T([7]), T([2]))
+    logits = torch.full((1, 7, 10), -5.0)
+    for step, word in ((2, 7), (5, 8), (6, 1)):
+        logits[0, step, word] = 5.0
+    module._count_babi(logits, batch, "val")
+    assert module._stats["val/questions"][2] == 2 and module._stats["val/correct"][2] == 1
+
+
+def test_sequence_module_needs_a_sequence_task():
+    with pytest.raises(FodlError, match="data=copy"):
+        SequenceModule(lambda **kw: None, optimizer=None)
+
+
+# -- through the real train() path -------------------------------------------------------------
+def test_copy_training_through_train_writes_metrics_and_memory_figures(tmp_path):
+    from fodl.train import train
+
+    cfg = compose_train(["model=dnc", "model.net.hidden_size=16", "model.net.memory_size=8",
+                         "data.width=4", "data.max_length=3", "data.batches_per_epoch=3",
+                         "data.batch_size=8", "data.eval_batch_size=8", "data.test_lengths=[1,6]",
+                         "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0",
+                         "trainer.enable_model_summary=false"], tmp_path / "run")
+    metrics = train(cfg)
+    assert 0 <= metrics["test/error"] <= 1 and "test/error_len6" in metrics and "val/error" in metrics
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for f in (tmp_path / "run" / "tensorboard").glob("**/events.*"):
+        acc = EventAccumulator(str(f), size_guidance={"images": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["images"])
+    assert {"memory/one_sequence", "val/bit_error_by_length", "test/bit_error_by_length"} <= tags
+
+
+@pytest.mark.realdata
+def test_shared_babi_lacks_qa3_train_and_says_so(tmp_path):
+    shared_file("babi-en-10k.tar.gz")
+    with pytest.raises(FodlError, match="qa3_three-supporting-facts_train"):
+        BabiDataModule(data_dir=str(SHARED_DATA), tasks=[3], cache_dir=None).setup()
+    dm = BabiDataModule(data_dir=str(SHARED_DATA), tasks=1, cache_dir=str(tmp_path))
+    dm.setup()
+    assert len(dm.splits["train"][0]) == 1800 and len(dm.splits["test"][0]) == 200
