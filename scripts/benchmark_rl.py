@@ -1,0 +1,33 @@
+#!/usr/bin/env python
+"""fodl's DQN vs Stable-Baselines3's DQN on CartPole-v1: same hyperparameters (SB3 zoo's), same
+env steps and seeds, one process; prints env steps/s and final evaluation returns.
+
+    pip install -e ".[bench]"
+    python scripts/benchmark_rl.py                          # seeds 0 1 2, 49,920 steps each
+    python scripts/benchmark_rl.py --seeds 0 --threads 2 trainer.max_epochs=6   # fodl overrides
+"""
+
+import argparse
+import time
+from pathlib import Path
+
+from fodl.rl.benchmark import benchmark
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("overrides", nargs="*", help="Hydra overrides for fodl's model=dqn config "
+                   "(SB3 is given the same values)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--eval-episodes", type=int, default=20)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch.set_num_threads for both (0: PyTorch's default)")
+    p.add_argument("--skip-sb3", action="store_true")
+    p.add_argument("--skip-fodl", action="store_true")
+    p.add_argument("--out", type=Path, default=Path("outputs/benchmarks") / time.strftime("rl_%Y-%m-%d_%H-%M-%S"))
+    a = p.parse_args()
+    benchmark(a.seeds, a.out.resolve(), a.overrides, a.eval_episodes, a.threads, a.skip_sb3, a.skip_fodl)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,173 @@
+"""fodl's DQN and Stable-Baselines3's DQN on CartPole-v1, side by side (``scripts/benchmark_rl.py``).
+
+Both train with SB3 zoo's CartPole-v1 hyperparameters (``conf/rl/dqn_cartpole.yaml`` says
+which), for the same number of environment steps and the same seeds, in one process with the
+same PyTorch thread count, one after the other (the order alternates between seeds, so drift of
+a shared machine does not favour one side). Reported per run:
+
+- **env steps/s**: environment steps divided by the wall time of SB3's ``model.learn()`` /
+  fodl's ``trainer.fit()`` (acting, replay, updates, logging; fodl with its default callbacks:
+  checkpoints, progress bar, parameter histograms, TensorBoard). Neither evaluates during
+  training here (fodl: no validation episodes), so the time is training only.
+- **final evaluation return**: the final Q-network of each, played by the *same* evaluation code
+  on the same seeded episodes, greedily (epsilon 0, SB3's ``deterministic=True``) and at
+  epsilon 0.05 (the Nature paper's evaluation).
+
+SB3 is an optional extra (``pip install -e ".[bench]"``), never a dependency of fodl.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from fodl.errors import FodlError
+
+
+class QPolicy:
+    """Epsilon-greedy over any Q-function: the common evaluation agent for both libraries."""
+
+    device = torch.device("cpu")
+
+    def __init__(self, q: Callable[[torch.Tensor], torch.Tensor], num_actions: int,
+                 epsilon: float) -> None:
+        self.q, self.num_actions, self.epsilon = q, num_actions, epsilon
+
+    @torch.no_grad()
+    def act(self, obs, generator, *, explore, env_steps, episodes):
+        n = obs.shape[0]
+        coin = torch.rand(n, generator=generator)
+        random_actions = torch.randint(self.num_actions, (n,), generator=generator)
+        greedy = self.q(obs.float()).argmax(1).cpu()
+        return torch.where(coin < self.epsilon, random_actions, greedy)
+
+
+def evaluate(q: Callable, episodes: int, seed: int, epsilon: float, env_id: str = "CartPole-v1") -> float:
+    """Mean return of ``episodes`` episodes of epsilon-greedy play, environments seeded from
+    ``seed`` (identical episodes' starts for every Q-function evaluated with the same seed)."""
+    from fodl.rl.envs import make_vector_env
+    from fodl.rl.rollout import run_episodes
+
+    envs = make_vector_env({"id": env_id}, min(episodes, 10))
+    try:
+        agent = QPolicy(q, int(envs.single_action_space.n), epsilon)
+        returns = [r for r, _ in run_episodes(agent, envs, episodes, seed)]
+    finally:
+        envs.close()
+    return sum(returns) / len(returns)
+
+
+def fodl_config(seed: int, output_dir: Path, overrides: list[str]):
+    from fodl.config import compose_run
+
+    return compose_run([
+        "model=dqn", f"seed={seed}", f"paths.root_dir={output_dir}",
+        # training only, as SB3's learn(): no evaluation episodes during fit, no test
+        "+trainer.limit_val_batches=0", "trainer.num_sanity_val_steps=0", "test=false",
+        "callbacks.model_checkpoint=null", "model.torch_threads=null", *overrides,
+    ], output_dir / f"fodl_seed{seed}")
+
+
+def run_fodl(seed: int, output_dir: Path, overrides: list[str]) -> dict[str, Any]:
+    from fodl.train import build
+
+    cfg = fodl_config(seed, output_dir, overrides)
+    datamodule, model, trainer = build(cfg)
+    t0 = time.perf_counter()
+    trainer.fit(model, datamodule=datamodule)
+    seconds = time.perf_counter() - t0
+    steps = int(trainer.callback_metrics["env/steps"])
+    net = model.net.eval()
+    return {"steps": steps, "seconds": seconds, "q": net, "sps_logged": float(trainer.callback_metrics["env/sps"])}
+
+
+def sb3_hyperparameters(cfg, total_steps: int) -> dict[str, Any]:
+    """SB3 ``DQN`` keyword arguments equal to fodl's config ``cfg`` (SB3 zoo's CartPole-v1 set)."""
+    m, d = cfg.model, cfg.data
+    return {
+        "learning_rate": float(cfg.optimizer.lr), "batch_size": int(d.batch_size),
+        "buffer_size": int(d.buffer_size), "learning_starts": int(d.learning_starts),
+        "gamma": float(m.gamma), "target_update_interval": int(m.target_update_interval),
+        "tau": float(m.tau), "train_freq": int(d.train_freq), "gradient_steps": int(d.gradient_steps),
+        "exploration_initial_eps": float(m.epsilon_start), "exploration_final_eps": float(m.epsilon_end),
+        "exploration_fraction": float(m.epsilon_decay_steps) / total_steps,
+        "max_grad_norm": float(m.gradient_clip_val or 1e9),
+        "policy_kwargs": {"net_arch": list(m.net.hidden)},
+    }
+
+
+def run_sb3(seed: int, total_steps: int, kwargs: dict[str, Any]) -> dict[str, Any]:
+    try:
+        from stable_baselines3 import DQN
+    except ImportError:
+        raise FodlError("The side-by-side benchmark needs Stable-Baselines3: pip install -e "
+                        "\".[bench]\" (or pass --skip-sb3).") from None
+    import gymnasium as gym
+
+    model = DQN("MlpPolicy", gym.make("CartPole-v1"), seed=seed, device="cpu", verbose=0, **kwargs)
+    t0 = time.perf_counter()
+    model.learn(total_timesteps=total_steps)
+    seconds = time.perf_counter() - t0
+    return {"steps": int(model.num_timesteps), "seconds": seconds, "q": model.q_net.eval()}
+
+
+def benchmark(seeds: list[int], output_dir: Path, overrides: list[str], eval_episodes: int = 20,
+              threads: int | None = 1, skip_sb3: bool = False, skip_fodl: bool = False,
+              print_fn: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train both on every seed, evaluate, print a table, return the rows."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i, seed in enumerate(seeds):
+        cfg = fodl_config(seed, output_dir, overrides)
+        total = _planned_steps(cfg)   # SB3 gets fodl's exact step count
+        order = ["fodl", "sb3"] if i % 2 == 0 else ["sb3", "fodl"]
+        results: dict[str, dict[str, Any]] = {}
+        for who in order:
+            if who == "fodl" and not skip_fodl:
+                results["fodl"] = run_fodl(seed, output_dir, overrides)
+                if results["fodl"]["steps"] != total:
+                    print_fn(f"note: fodl took {results['fodl']['steps']} steps, SB3 {total}")
+            elif who == "sb3" and not skip_sb3:
+                results["sb3"] = run_sb3(seed, total, sb3_hyperparameters(cfg, total))
+        for who, r in results.items():
+            row = {"library": who, "seed": seed, "env_steps": r["steps"], "seconds": round(r["seconds"], 2),
+                   "sps": round(r["steps"] / r["seconds"], 1)}
+            if "sps_logged" in r:
+                row["sps_logged"] = round(r["sps_logged"], 1)
+            for eps in (0.0, 0.05):
+                row[f"eval_return_eps{eps}"] = evaluate(r["q"], eval_episodes, 10_000 + seed, eps)
+            rows.append(row)
+            print_fn(json.dumps(row))
+    _table(rows, print_fn)
+    (output_dir / "results.json").write_text(json.dumps(rows, indent=2))
+    return rows
+
+
+def _planned_steps(cfg) -> int:
+    d = cfg.data
+    chunk = d.train_freq * d.num_envs
+    warm = -(-(d.learning_starts + 1) // chunk) * chunk
+    updates = cfg.trainer.max_epochs * -(-d.steps_per_epoch // chunk)
+    return warm + (updates - 1) * chunk
+
+
+def _table(rows: list[dict[str, Any]], print_fn) -> None:
+    print_fn("")
+    print_fn("| library | seed | env steps | wall s | env steps/s | eval return (eps 0) | eval return (eps 0.05) |")
+    print_fn("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print_fn(f"| {r['library']} | {r['seed']} | {r['env_steps']} | {r['seconds']} | {r['sps']} | "
+                 f"{r['eval_return_eps0.0']:.1f} | {r['eval_return_eps0.05']:.1f} |")
+    for lib in ("sb3", "fodl"):
+        sel = [r for r in rows if r["library"] == lib]
+        if sel:
+            sps = sum(r["sps"] for r in sel) / len(sel)
+            ret = sum(r["eval_return_eps0.0"] for r in sel) / len(sel)
+            solved = sum(r["eval_return_eps0.0"] >= 500 for r in sel)
+            print_fn(f"| **{lib} mean** | {len(sel)} seeds | | | **{sps:.0f}** | **{ret:.1f}** ({solved}/{len(sel)} at 500) | |")

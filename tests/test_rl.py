@@ -1,0 +1,429 @@
+"""Chapter 9: replay memory (capacity, wrap-around, frame stacks rebuilt across episode ends),
+epsilon schedule, target-network updates, discounted returns, DQN targets, one training
+iteration of each agent on CartPole through the real train() path, seeding, the Atari
+preprocessing and Pong end to end on the CPU."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import FAST, compose_train
+
+gym = pytest.importorskip("gymnasium")
+
+from fodl.checkpoint import read_checkpoint  # noqa: E402
+from fodl.errors import FodlError  # noqa: E402
+from fodl.models.dqn import DQNModule, sync_target  # noqa: E402
+from fodl.nets.rl import ActionMLP, NatureCNN  # noqa: E402
+from fodl.rl.envs import EnvSpec, make_env, make_vector_env  # noqa: E402
+from fodl.rl.replay import ReplayBuffer  # noqa: E402
+from fodl.rl.returns import discounted_returns, normalize  # noqa: E402
+from fodl.rl.rollout import StepCollector  # noqa: E402
+from fodl.rl.schedule import LinearSchedule  # noqa: E402
+from fodl.train import train  # noqa: E402
+
+
+def rl_cfg(tmp_path, *overrides: str, run: str = "run"):
+    """A quiet train config writing to ``tmp_path/run`` (environments need no data dir)."""
+    return compose_train([*FAST, *overrides], tmp_path / run)
+
+
+# -- a tiny environment whose frames say when they were made ------------------------------------
+class CounterEnv(gym.Env):
+    """2x2 uint8 frames holding a global frame counter (unique per frame up to 255 * 4), random
+    episode lengths ending by termination or truncation, reward = the step's frame value."""
+
+    def __init__(self, env_id: int = 0, max_len: int = 9):
+        self.observation_space = gym.spaces.Box(0, 255, (2, 2), np.uint8)
+        self.action_space = gym.spaces.Discrete(3)
+        self.env_id, self.max_len, self.count = env_id, max_len, 0
+
+    def _frame(self):
+        self.count += 1
+        c = self.count
+        return np.array([[self.env_id, c % 256], [c // 256, 7]], dtype=np.uint8)
+
+    def reset(self, *, seed=None, options=None):
+        super().reset(seed=seed)
+        self.t, self.length = 0, int(self.np_random.integers(1, self.max_len))
+        return self._frame(), {}
+
+    def step(self, action):
+        self.t += 1
+        ended = self.t >= self.length
+        terminated = ended and self.length % 2 == 0  # odd lengths end by truncation
+        return self._frame(), float(action), terminated, ended and not terminated, {}
+
+
+def counter_envs(n: int, stack: int):
+    from gymnasium.wrappers import FrameStackObservation, RecordEpisodeStatistics
+
+    def make(i):
+        return lambda: FrameStackObservation(RecordEpisodeStatistics(CounterEnv(i)), stack,
+                                             padding_type="zero")
+
+    return gym.vector.SyncVectorEnv([make(i) for i in range(n)],
+                                    autoreset_mode=gym.vector.AutoresetMode.NEXT_STEP)
+
+
+class RandomAgent:
+    device = torch.device("cpu")
+
+    def act(self, obs, generator, *, explore, env_steps, episodes):
+        return torch.randint(3, (obs.shape[0],), generator=generator)
+
+
+# -- replay memory ---------------------------------------------------------------------------------
+def test_replay_capacity_wraparound_and_memory():
+    buf = ReplayBuffer(10, num_envs=1, frame_shape=(84, 84), frame_dtype=torch.uint8, stack=4)
+    assert buf.frames.shape == (10, 1, 84, 84) and buf.frames.dtype == torch.uint8  # one frame a step
+    for i in range(25):
+        buf.add(np.full((1, 84, 84), i, np.uint8), [i % 3], [float(i)], [False], [i == 0], [True])
+    assert len(buf) == 10 and buf.full and buf.pos == 5
+    # the oldest 5 were overwritten: rows hold steps 20..24 then 15..19
+    assert [int(buf.frames[r, 0, 0, 0]) for r in range(10)] == [20, 21, 22, 23, 24, 15, 16, 17, 18, 19]
+    assert buf.rewards[:, 0].tolist() == [20., 21., 22., 23., 24., 15., 16., 17., 18., 19.]
+    ok = buf.drawable()[:, 0]
+    # newest row (24, no next frame yet) and the 3 oldest (their history was overwritten) are out
+    assert ok.tolist() == [True, True, True, True, False, False, False, False, True, True]
+    obs = buf.observation(8, 0)   # step 18: frames 15..18
+    assert obs[:, 0, 0].tolist() == [15, 16, 17, 18]
+    # with 3 environments the capacity rounds up to whole rows
+    assert ReplayBuffer(10, num_envs=3).capacity == 12
+    # a million Atari transitions: frames once, ~7.1 GB (stacked s and s' would be 56 GB)
+    big = ReplayBuffer(1_000_000, frame_shape=(84, 84), frame_dtype=torch.uint8, stack=4)
+    assert 7.0e9 < big.nbytes() < 7.1e9 + 20e6
+    with pytest.raises(ValueError):
+        ReplayBuffer(1, num_envs=1)
+
+
+def test_replay_rebuilds_the_stacks_the_agent_saw_across_episode_ends():
+    """Frames stored once, stacks rebuilt by index: every drawable transition of a wrapped
+    memory must equal the stacked observations the vector env returned, including zero padding
+    after resets, truncations, terminations and NEXT_STEP autoreset steps."""
+    n, stack, rows = 2, 4, 23
+    envs = counter_envs(n, stack)
+    buf = ReplayBuffer(rows * n, num_envs=n, frame_shape=(2, 2), frame_dtype=torch.uint8, stack=stack)
+    col = StepCollector(envs, buf, seed=3, stacked=True)
+    col.reset()
+    history = []                  # (row, observation the agent acted on, autoreset flags)
+    for step in range(3 * rows + 5):  # wraps around three times
+        history.append((buf.pos, col.obs.copy(), col.autoreset.copy()))
+        col.step(RandomAgent())
+    truth = {}                    # row -> what the env showed for the step stored there
+    for i, (row, obs, autoreset) in enumerate(history):
+        nxt = history[i + 1][1] if i + 1 < len(history) else None
+        truth[row] = {"obs": obs, "next": nxt, "autoreset": autoreset,
+                      "action": buf.actions[row].clone()}
+    ok = buf.drawable()
+    assert buf.full and ok.sum() > rows  # plenty drawable, some not
+    checked = 0
+    for t in range(rows):
+        for e in range(n):
+            if not ok[t, e]:
+                continue
+            assert not truth[t]["autoreset"][e]          # never an autoreset step
+            assert np.array_equal(buf.observation(t, e).numpy(), truth[t]["obs"][e])
+            assert np.array_equal(buf.observation((t + 1) % rows, e).numpy(), truth[t]["next"][e])
+            checked += 1
+    assert checked == ok.sum()
+    # the rows left out are exactly: autoreset steps, the newest row, overwritten histories
+    newest = (buf.pos - 1) % rows
+    for t in range(rows):
+        for e in range(n):
+            expected = (not truth[t]["autoreset"][e] and t != newest
+                        and (t - buf.pos) % rows >= stack - 1)
+            assert ok[t, e] == expected, (t, e)
+    # sample() returns those transitions (same generator draws as sample_indices)
+    state = buf.generator.get_state()
+    t_idx, e_idx = buf.sample_indices(64)
+    buf.generator.set_state(state)
+    batch = buf.sample(64)
+    for k in range(64):
+        t, e = int(t_idx[k]), int(e_idx[k])
+        assert np.array_equal(batch["obs"][k].numpy(), truth[t]["obs"][e])
+        assert np.array_equal(batch["next_obs"][k].numpy(), truth[t]["next"][e])
+        assert batch["action"][k] == truth[t]["action"][e] and batch["reward"][k] == float(truth[t]["action"][e])
+    assert batch["obs"].dtype == torch.uint8 and batch["obs"].shape == (64, stack, 2, 2)
+    # zero padding really occurs at episode starts, and terminal flags are set
+    assert (batch["obs"][:, 0] == 0).all(-1).all(-1).any() and batch["done"].sum() > 0
+    envs.close()
+
+
+def test_replay_split_minibatches_and_empty_memory():
+    buf = ReplayBuffer(100, frame_shape=(4,))
+    with pytest.raises(RuntimeError, match="no complete transition"):
+        buf.sample(2)
+    for i in range(10):
+        buf.add(np.full((1, 4), i, np.float32), [0], [1.0], [i == 9], [i == 0], [True])
+    parts = buf.sample(8, n_batches=3)
+    assert len(parts) == 3 and all(p["obs"].shape == (8, 4) for p in parts)
+    for p in parts:  # CartPole: next state is the next row, not a second copy
+        assert torch.equal(p["next_obs"][:, 0], p["obs"][:, 0] + 1)
+
+
+# -- schedules, returns, targets -------------------------------------------------------------------
+def test_epsilon_schedule():
+    s = LinearSchedule(1.0, 0.04, 8000)
+    assert s(0) == 1.0 and s(-5) == 1.0
+    assert s(4000) == pytest.approx(0.52)
+    assert s(8000) == pytest.approx(0.04) and s(10**9) == pytest.approx(0.04)
+    assert [s(t) for t in (1000, 2000)] == sorted([s(t) for t in (1000, 2000)], reverse=True)
+    assert LinearSchedule(1.0, 0.1, 0)(0) == 0.1
+
+
+def test_discounted_returns_hand_computed():
+    assert discounted_returns([1, 1, 1], 0.9) == pytest.approx([2.71, 1.9, 1.0])
+    # two episodes end to end: the sum restarts after each done
+    g = discounted_returns([1, 2, 3, 4, 5], 0.5, dones=[False, False, True, False, True])
+    assert g == pytest.approx([2.75, 3.5, 3.0, 6.5, 5.0])
+    # the book's discount_rewards (gamma 0.98)
+    assert discounted_returns([1.0] * 3, 0.98)[0] == pytest.approx(1 + 0.98 + 0.98**2)
+    z = normalize(torch.tensor([1.0, 2.0, 3.0]))
+    assert z.mean().abs() < 1e-6 and z.std() == pytest.approx(1.0)
+
+
+def _dqn(**kw):
+    torch.manual_seed(0)
+    return DQNModule(net=ActionMLP((4,), 2, hidden=[8]), optimizer=None, **kw)
+
+
+def test_target_network_hard_and_soft_updates():
+    m = _dqn(target_update_interval=100)
+    start = [p.clone() for p in m.target_net.parameters()]
+    with torch.no_grad():
+        for p in m.net.parameters():
+            p.add_(1.0)
+    m.before_update(99)       # no multiple of 100 crossed yet
+    assert all(torch.equal(a, b) for a, b in zip(m.target_net.parameters(), start))
+    m.before_update(100)      # hard copy
+    assert all(torch.equal(a, b) for a, b in zip(m.target_net.parameters(), m.net.parameters()))
+    assert int(m.target_updates) == 1 and not any(p.requires_grad for p in m.target_net.parameters())
+    with torch.no_grad():
+        for p in m.net.parameters():
+            p.add_(1.0)
+    m.before_update(150)      # same interval: no update
+    assert not torch.equal(next(m.target_net.parameters()), next(m.net.parameters()))
+    # soft: two intervals crossed at once with tau=0.5 -> 1 - 0.5^2 = 0.75 of the way
+    s = _dqn(target_update_interval=10, tau=0.5)
+    before = [p.clone() for p in s.target_net.parameters()]
+    with torch.no_grad():
+        for p in s.net.parameters():
+            p.add_(4.0)
+    s.before_update(25)
+    for t, b, o in zip(s.target_net.parameters(), before, s.net.parameters()):
+        assert torch.allclose(t, b + 0.75 * (o - b))
+    a, b = ActionMLP((4,), 2, hidden=[3]), ActionMLP((4,), 2, hidden=[3])
+    sync_target(a, b)
+    assert all(torch.equal(x, y) for x, y in zip(a.parameters(), b.parameters()))
+
+
+class FixedQ(torch.nn.Module):
+    """Q-values given per state id (obs[:, 0])."""
+
+    def __init__(self, table):
+        super().__init__()
+        self.table = torch.nn.Parameter(torch.tensor(table, dtype=torch.float32))
+        self.head = torch.nn.Linear(1, len(table[0]))  # lets the module count actions
+
+    def forward(self, x):
+        return self.table[x[:, 0].long()]
+
+
+def test_dqn_and_double_dqn_targets():
+    online = FixedQ([[0.0, 0.0], [1.0, 5.0]])
+    m = DQNModule(net=online, optimizer=None, gamma=0.5)
+    with torch.no_grad():
+        m.target_net.table.copy_(torch.tensor([[0.0, 0.0], [3.0, 2.0]]))
+    batch = {"next_obs": torch.tensor([[1.0], [1.0]]), "reward": torch.tensor([1.0, 1.0]),
+             "done": torch.tensor([0.0, 1.0])}
+    assert m.td_target(batch).tolist() == [1.0 + 0.5 * 3.0, 1.0]      # max of the target net
+    m.double = True
+    assert m.td_target(batch).tolist() == [1.0 + 0.5 * 2.0, 1.0]      # online argmax (1), target value
+    with pytest.raises(FodlError, match="model.loss"):
+        DQNModule(net=online, loss="l1")
+
+
+def test_epsilon_greedy_acting():
+    m = _dqn(epsilon_start=1.0, epsilon_end=0.0, epsilon_decay_steps=100, eval_epsilon=0.0)
+    obs = torch.randn(2000, 4)
+    g = torch.Generator().manual_seed(0)
+    greedy = m.net(obs).argmax(1)
+    explore = m.act(obs, g, explore=True, env_steps=50, episodes=0)   # epsilon 0.5
+    agree = (explore == greedy).float().mean().item()
+    assert 0.7 < agree < 0.8   # 50% random, half of those agree by chance
+    assert torch.equal(m.act(obs, g, explore=False, env_steps=0, episodes=0), greedy)
+
+
+def test_nature_cnn_shapes():
+    net = NatureCNN((4, 84, 84), 6)
+    assert net.head[0].in_features == 3136   # 7x7x64, the paper's
+    assert net(torch.zeros(2, 4, 84, 84, dtype=torch.uint8)).shape == (2, 6)
+    assert NatureCNN((4, 84, 84), 4, padding="same").head[0].in_features == 11 * 11 * 64  # book's slim
+
+
+# -- through train(): CartPole -----------------------------------------------------------------
+DQN_TINY = ("model=dqn", "data.learning_starts=64", "data.train_freq=16", "data.gradient_steps=4",
+            "data.batch_size=16", "data.steps_per_epoch=128", "data.eval_episodes=2",
+            "data.test_episodes=2", "model.target_update_interval=32", "model.epsilon_decay_steps=200",
+            "model.net.hidden=[32]", "trainer.max_epochs=2", "model.log_every_env_steps=16")
+
+
+def test_dqn_training_iteration_on_cartpole(tmp_path):
+    cfg = rl_cfg(tmp_path, *DQN_TINY)
+    metrics = train(cfg)
+    # warm-up 64 (+ rounding to whole updates of 16) then 8 updates per epoch
+    assert metrics["env/steps"] == 80 + 15 * 16 and metrics["train/loss"] > 0
+    assert {"val/return", "test/return", "train/epsilon", "env/sps", "train/return"} <= set(metrics)
+    assert 0 < metrics["env/sps"] and 8 <= metrics["val/return"] <= 500
+    run = tmp_path / "run"
+    ckpt = read_checkpoint(run / "checkpoints" / "last.ckpt")   # weights_only load
+    sd = ckpt["state_dict"]
+    assert {"net.layers.1.weight", "target_net.layers.1.weight", "target_updates"} <= set(sd)
+    assert int(sd["target_updates"]) == (80 + 15 * 16) // 32
+    state = ckpt["ReplayDataModule"]
+    assert state["env_steps"] == 80 + 15 * 16 and state["episodes"] > 0
+    assert ckpt["global_step"] == 2 * 8 * 4   # optimizer steps
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    acc = EventAccumulator(str(run / "tensorboard")).Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"rollout/return", "rollout/length", "rollout/epsilon", "rollout/q_mean", "rollout/sps",
+            "rollout/loss", "val/return", "test/return", "env/steps"} <= tags
+    steps = [e.step for e in acc.Scalars("rollout/return")]
+    assert steps == sorted(steps) and steps[-1] <= 80 + 15 * 16   # plotted against env steps
+    # scripts/play.py: play the checkpoint and record a GIF
+    from PIL import Image
+
+    from fodl.rl.play import play
+    out = play(run / "checkpoints" / "last.ckpt", episodes=2, out=tmp_path / "v.gif", every=5,
+               scale=0.25, max_steps=40, epsilon=0.0)
+    assert len(out["episodes"]) == 2 and all(1 <= e["length"] <= 40 for e in out["episodes"])
+    with Image.open(out["video"]) as gif:
+        assert gif.n_frames >= 3 and gif.size == (150, 100)   # CartPole renders 600x400
+
+
+def test_dqn_resume_keeps_counters_and_weights(tmp_path):
+    first = train(rl_cfg(tmp_path, *DQN_TINY, "test=false", run="a"))
+    ckpt = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    resumed = train(rl_cfg(tmp_path, *DQN_TINY, "trainer.max_epochs=3", "test=false",
+                              f"ckpt_path={ckpt}", run="b"))
+    # the counters continue; the replay memory was refilled with learning_starts transitions
+    assert resumed["env/steps"] == first["env/steps"] + 64 + 8 * 16
+    sd = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")
+    assert sd["global_step"] == 3 * 8 * 4
+
+
+def test_policy_gradient_training_iteration_on_cartpole(tmp_path):
+    cfg = rl_cfg(tmp_path, "model=policy_gradient", "data.episodes_per_batch=3",
+                    "data.batches_per_epoch=2", "trainer.max_epochs=1", "data.eval_episodes=2",
+                    "data.test_episodes=2", "model.log_every_env_steps=1")
+    metrics = train(cfg)
+    assert metrics["env/episodes"] == 6 and math.isfinite(metrics["train/loss"])
+    assert {"val/return", "test/return", "env/steps"} <= set(metrics)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 2 and ckpt["EpisodeDataModule"]["episodes"] == 6
+
+
+def test_policy_gradient_loss_and_baseline():
+    from fodl.models.policy_gradient import PolicyGradientModule
+
+    torch.manual_seed(0)
+    pg = PolicyGradientModule(net=ActionMLP((4,), 2, hidden=[8]), gamma=0.5, normalize_returns=False)
+    batch = {"obs": torch.randn(3, 4), "action": torch.tensor([0, 1, 1]),
+             "reward": torch.tensor([1.0, 1.0, 1.0]), "done": torch.tensor([False, False, True])}
+    logp = torch.log_softmax(pg.net(batch["obs"]), -1)[[0, 1, 2], [0, 1, 1]]
+    expected = -(logp * torch.tensor([1.75, 1.5, 1.0])).mean()
+    assert torch.allclose(pg.training_loss(batch), expected)
+    vb = PolicyGradientModule(net=ActionMLP((4,), 2, hidden=[8]), baseline="value",
+                              value_net=ActionMLP((4,), 1, hidden=[8]))
+    loss = vb.training_loss(batch)
+    loss.backward()
+    assert vb.value_net.layers[1].weight.grad is not None and vb.net.layers[1].weight.grad is not None
+    with pytest.raises(FodlError, match="value_net"):
+        PolicyGradientModule(net=ActionMLP(), baseline="value")
+
+
+def test_same_seed_same_episodes(tmp_path):
+    def run(seed, name):
+        metrics = train(rl_cfg(tmp_path, *DQN_TINY, "trainer.max_epochs=1", "test=false",
+                                  f"seed={seed}", "logger=csv", run=name))
+        import csv
+        path = next((tmp_path / name / "csv").rglob("metrics.csv"))
+        rows = list(csv.DictReader(open(path)))
+        episodes = [(r["step"], r["rollout/return"]) for r in rows if r.get("rollout/return")]
+        weights = read_checkpoint(tmp_path / name / "checkpoints" / "last.ckpt")["state_dict"]
+        return metrics, episodes, weights
+
+    a, b, c = run(1, "a"), run(1, "b"), run(2, "c")
+    assert a[1] == b[1] and len(a[1]) > 3                     # same episodes
+    assert all(torch.equal(a[2][k], b[2][k]) for k in a[2])   # same training
+    assert a[0]["val/return"] == b[0]["val/return"]
+    assert a[1] != c[1]                                        # another seed, other episodes
+
+
+def test_bad_env_config_is_a_clear_error(tmp_path):
+    with pytest.raises(FodlError, match="unknown key"):
+        EnvSpec.from_config({"id": "CartPole-v1", "frame_stak": 4})
+    with pytest.raises(FodlError, match="cannot make env.id"):
+        make_env({"id": "NoSuchEnv-v0"})
+    with pytest.raises(FodlError, match="vectorization"):
+        make_vector_env({"id": "CartPole-v1"}, 1, "threads")
+
+
+def test_vector_envs_collect_in_parallel():
+    envs = make_vector_env({"id": "CartPole-v1"}, 4)
+    buf = ReplayBuffer(1000, num_envs=4, frame_shape=(4,))
+    col = StepCollector(envs, buf, seed=0)
+    taken = col.collect(None, 200)
+    assert taken >= 200 and buf.pos == len(buf) // 4 and col.episodes > 0
+    assert buf.drawable().any(axis=0).all()   # every environment contributes
+    envs.close()
+
+
+# -- Atari --------------------------------------------------------------------------------------
+def test_atari_preprocessing_output():
+    pytest.importorskip("ale_py")
+    env = make_env({"id": "ALE/Pong-v5", "atari": True})
+    obs, info = env.reset(seed=0)
+    assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8
+    assert (obs[:3] == 0).all() and obs[3].any()          # zero padding before the first frame
+    rewards = []
+    for _ in range(300):
+        obs, r, term, trunc, info = env.step(env.action_space.sample())
+        rewards.append(r)
+        assert "life_lost" in info
+    assert obs.shape == (4, 84, 84) and obs[0].any()
+    assert set(rewards) <= {-1.0, 0.0, 1.0}
+    env.close()
+    breakout = make_env({"id": "ALE/Breakout-v5"})       # atari decided from the id
+    assert breakout.action_space.n == 4
+    obs, info = breakout.reset(seed=0)
+    lost = False
+    for _ in range(2000):
+        obs, r, term, trunc, info = breakout.step(breakout.action_space.sample())
+        lost |= info["life_lost"]
+        if term or trunc:
+            break
+    assert lost   # a life was lost and the game went on (not reset)
+    breakout.close()
+
+
+def test_pong_end_to_end_on_cpu(tmp_path):
+    pytest.importorskip("ale_py")
+    """The whole Atari path on the CPU: 1,500 Pong steps (500 at random, then 63 updates of the
+    Nature net from the uint8 replay), evaluation and test episodes (cut at 150 steps)."""
+    cfg = rl_cfg(tmp_path, "model=dqn", "env=atari", "data.buffer_size=2000",
+                 "data.learning_starts=500", "data.train_freq=16", "data.batch_size=8",
+                 "data.steps_per_epoch=1000", "trainer.max_epochs=1", "data.eval_episodes=1",
+                 "data.test_episodes=1", "env.max_episode_steps=150", "trainer.accelerator=cpu",
+                 "model.log_every_env_steps=500", "model.torch_threads=1")
+    assert cfg.model.net._target_ == "fodl.nets.NatureCNN" and cfg.model.target_update_interval == 1000
+    metrics = train(cfg)
+    assert metrics["env/steps"] == 512 + 62 * 16 and math.isfinite(metrics["train/loss"])
+    assert -21 <= metrics["test/return"] <= 21 and metrics["env/episodes"] >= 5
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert ckpt["global_step"] == 63 and "net.head.0.weight" in ckpt["state_dict"]
