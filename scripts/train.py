@@ -4,6 +4,7 @@
 import hydra
 from omegaconf import DictConfig
 
+import fodl.catalog  # noqa: F401  (the --help lists: ${fodl_catalog:...})
 from fodl.train import run_entry, train
 
 

@@ -93,7 +93,7 @@ def test_sweep_then_plot(tmp_path, tiny_mnist):
     args = [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=book/ch4_optimizers",
             f"paths.data_dir={tiny_mnist}", "data.val_size=200", "trainer.max_epochs=2",
             "trainer.log_every_n_steps=1", "data.steps_per_execution=2", "data.batch_size=50",
-            "optimizer=sgd,adam", "callbacks.progress_bar.refresh_rate=0"]
+            "callbacks.progress_bar.refresh_rate=0"]  # the five optimizers of the experiment
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "ch4_optimizers").iterdir()
@@ -107,6 +107,18 @@ def test_sweep_then_plot(tmp_path, tiny_mnist):
     runs = {r.label: r for r in read_sweep(sweep)}
     cost = runs["adam"].scalars["train/loss_step"]
     assert len(cost) >= 10 and cost[-1][1] < cost[0][1]  # logged per step, and decreasing
+    # TensorBoard's HPARAMS tab (through TensorBoard itself): 5 trials side by side, one per
+    # optimizer, with its settings and test accuracy, as `tensorboard --logdir outputs/` shows
+    from tensorboard_api import TensorBoard, hparam_values, metric_values
+    groups = TensorBoard(tmp_path / "outputs").session_groups()
+    by_opt = {hparam_values(g)["optimizer"]: g for g in groups}
+    assert len(groups) == 5 and set(by_opt) == {"sgd", "momentum", "adagrad", "rmsprop", "adam"}
+    assert hparam_values(by_opt["momentum"])["optimizer.momentum"] == 0.9
+    assert hparam_values(by_opt["adam"])["optimizer.betas"] == "[0.9, 0.999]"
+    for opt, g in by_opt.items():
+        assert g["sessions"][0]["status"] == "STATUS_SUCCESS"
+        assert hparam_values(g)["experiment"] == "book/ch4_optimizers"
+        assert metric_values(g)["test/acc"] == pytest.approx(runs[opt].metrics["test/acc"], rel=1e-6)
 
 
 def test_plot_script_without_sweep_says_how_to_make_one(tmp_path):

@@ -81,6 +81,15 @@ def test_multirun_two_models(workdir):
     assert len(jobs) == 2 and "model=logreg" in jobs[0] and "model=mnist_mlp" in jobs[1]
     for job in jobs:
         assert "test/acc" in json.loads((sweep / job / "metrics.json").read_text())
+    # side by side in TensorBoard's HPARAMS tab: one trial per job, each with its own columns
+    from tensorboard_api import TensorBoard, hparam_values, metric_values
+    groups = {hparam_values(g)["model"]: g for g in TensorBoard(sweep).session_groups()}
+    assert set(groups) == {"logreg", "mnist_mlp"}
+    assert hparam_values(groups["logreg"])["model.net.hidden"] == "[]"
+    for model, g in groups.items():
+        job = next(j for j in jobs if f"model={model}" in j)
+        final = json.loads((sweep / job / "metrics.json").read_text())
+        assert metric_values(g)["test/acc"] == pytest.approx(final["test/acc"], rel=1e-6)
 
 
 @pytest.mark.slow

@@ -29,10 +29,9 @@ def compose_run(overrides: list[str], output_dir: str | Path, config_name: str =
 
 
 def default_data_dir() -> str:
-    """For the analysis/benchmark scripts: ``$FODL_DATA_DIR``, else ``../shared/data`` next to
-    this checkout when it holds MNIST, else ``./data``."""
+    """For the analysis/benchmark scripts: where ``paths.data_dir`` points by default, i.e.
+    ``$FODL_DATA_DIR``, else ``data/`` under ``$FODL_ROOT`` (default: the current directory).
+    Nothing else is searched: a user's data is where they say it is."""
     import os
 
-    shared = CONF_DIR.parents[1] / "shared" / "data"
-    return os.environ.get("FODL_DATA_DIR") or (
-        str(shared) if (shared / "mnist").is_dir() else str(CONF_DIR.parent / "data"))
+    return os.environ.get("FODL_DATA_DIR") or os.path.join(os.environ.get("FODL_ROOT", "."), "data")

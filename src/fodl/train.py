@@ -17,7 +17,9 @@ from fodl.callbacks import ConfigInCheckpoint
 from fodl.checkpoint import check_compatible, load_module, read_checkpoint
 from fodl.cluster import global_rank  # also registers the run-directory resolvers
 from fodl.errors import FodlError
+from fodl.hparams import HParamsSession, finish_run
 from fodl.resume import continue_tensorboard, resolve_ckpt_path
+from fodl.schema import check_config
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     ``seed=null`` draws a fresh seed and writes it into ``cfg`` (so the data seed and the
     config stored in checkpoints have it); DDP workers that Lightning starts take their
     parent's through ``PL_GLOBAL_SEED``."""
+    check_config(cfg)  # wrong types / impossible values stop here, naming the key (fodl.schema)
     if "seed" in cfg and cfg.seed is None:
         import os
         import secrets
@@ -110,7 +113,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
-    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks") + [ConfigInCheckpoint(resolved)]
+    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks") + [ConfigInCheckpoint(resolved),
+                                                                       HParamsSession(resolved)]
     loggers = _instantiate_all(cfg.get("logger"), "logger")
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     return datamodule, model, trainer
@@ -146,12 +150,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         metrics.update(_floats(test_metrics[0] if test_metrics else {}))
 
     if trainer.is_global_zero:
-        # hparams with final metrics (TensorBoard's HPARAMS tab); "hp/" keeps these single
-        # points out of the training curves of the same names.
-        hparams = _flat({k: resolved[k] for k in ("model", "data", "optimizer", "scheduler", "trainer")
-                         if resolved.get(k)})
-        for lg in trainer.loggers:
-            lg.log_hyperparams(hparams, metrics={f"hp/{k}": v for k, v in metrics.items()})
+        finish_run(trainer)  # HPARAMS trial ends; every logger flushed and closed (fodl.hparams)
         out = Path(cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
@@ -161,6 +160,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Test a checkpoint on the split ``cfg.split`` with the config stored inside it."""
+    check_config(cfg)
     if cfg.split not in ("test", "val"):
         raise FodlError(f"split={cfg.split!r}: choose test or val.")
     overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}

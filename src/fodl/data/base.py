@@ -66,7 +66,8 @@ class InMemoryDataModule(L.LightningDataModule):
         loader = TensorLoader(
             self._device_tensors(split),
             self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            # trainer.overfit_batches (debug=overfit): the same first batches every epoch
+            shuffle=train and not (self.trainer is not None and self.trainer.overfit_batches),
             drop_last=self.drop_last and train,
             seed=self.seed,
             rank=rank,

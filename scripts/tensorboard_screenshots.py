@@ -1,0 +1,129 @@
+#!/usr/bin/env python
+"""Screenshots of the real TensorBoard on fodl runs (the README's docs/tensorboard_*.png).
+
+    python scripts/tensorboard_screenshots.py --train              # make the runs, then shoot
+    python scripts/tensorboard_screenshots.py --logdir outputs/screenshots
+
+With --train it first trains, under <logdir> (default outputs/screenshots), the chapter 4
+optimizer sweep (experiment=book/ch4_optimizers, --epochs epochs) and the MNIST CNN for one
+epoch (first-layer filters), reading MNIST from paths.data_dir / $FODL_DATA_DIR. Then it starts
+`tensorboard --logdir <logdir>` on a free port and takes, with headless Chromium (`apt-get install
+chromium`, or --chromium PATH):
+
+    docs/tensorboard_time_series.png   TIME SERIES: val/acc and train/loss of the five optimizers
+    docs/tensorboard_hparams.png       HPARAMS: one trial per optimizer, with its test accuracy
+    docs/tensorboard_filters.png       IMAGES: the CNN's first-layer filters (book figure 5-18)
+
+Not part of the test suite (it needs Chromium); the claims in the pictures are tested through
+TensorBoard's own loader in tests/test_tensorboard.py and tests/test_ch4.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# (file, URL fragment, what must be loaded before the shot)
+VIEWS = [
+    ("tensorboard_time_series.png", "#timeseries&tagFilter=val%2Facc%7Ctrain%2Floss%24", "scalars"),
+    ("tensorboard_hparams.png", "#hparams", "hparams"),
+    ("tensorboard_filters.png", "#images&tagFilter=filters&regexInput=filters", "images"),
+]
+
+
+def train_runs(logdir: Path, epochs: int, extra: list[str]) -> None:
+    common = [f"paths.log_dir={logdir}", "callbacks.progress_bar.refresh_rate=0", *extra]
+    jobs = [
+        ["experiment=book/ch4_optimizers", f"trainer.max_epochs={epochs}",
+         f"hydra.sweep.dir={logdir}/ch4_optimizers", "hydra.sweep.subdir=${hydra.runtime.choices.optimizer}"],
+        ["model=mnist_cnn", "trainer.max_epochs=1", f"hydra.run.dir={logdir}/mnist_cnn"],
+    ]
+    for args in jobs:
+        cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), *args, *common]
+        print("+", " ".join(cmd), flush=True)
+        subprocess.run(cmd, check=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def get_json(url: str):
+    with urllib.request.urlopen(url, timeout=30) as r:
+        return json.loads(r.read())
+
+
+def wait_loaded(base: str, timeout: float = 180) -> None:
+    """Until TensorBoard has read the runs: scalars, hparams sessions and images are served."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            runs = get_json(base + "/data/runs")
+            images = get_json(base + "/data/plugin/images/tags")
+            if runs and any(images.values()):
+                return
+        except OSError:
+            pass
+        time.sleep(1)
+    raise SystemExit(f"TensorBoard at {base} did not load the runs within {timeout:.0f} s")
+
+
+def shoot(chromium: str, url: str, out: Path, size: str, budget_ms: int) -> None:
+    cmd = [chromium, "--headless=new", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+           "--force-device-scale-factor=1", f"--window-size={size}",
+           f"--virtual-time-budget={budget_ms}", f"--screenshot={out}", url]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=300)
+    print(f"wrote {out} ({out.stat().st_size} bytes)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--logdir", default="outputs/screenshots")
+    ap.add_argument("--out", default=str(ROOT / "docs"))
+    ap.add_argument("--train", action="store_true", help="train the runs first (see above)")
+    ap.add_argument("--epochs", type=int, default=10, help="epochs of the chapter 4 sweep (--train)")
+    ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser")
+                    or shutil.which("google-chrome"))
+    ap.add_argument("--size", default="1600,1000", help="window width,height in pixels")
+    ap.add_argument("--budget-ms", type=int, default=20000, help="virtual time for the page to render")
+    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for --train")
+    args = ap.parse_args()
+    if not args.chromium:
+        raise SystemExit("No Chromium found: apt-get install chromium, or pass --chromium PATH.")
+    logdir = Path(args.logdir).resolve()
+    if args.train:
+        train_runs(logdir, args.epochs, args.overrides)
+    if not logdir.is_dir():
+        raise SystemExit(f"{logdir} does not exist: run with --train, or give --logdir.")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
+                           "--port", str(port), "--host", "127.0.0.1", "--load_fast", "false"],
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
+    try:
+        wait_loaded(base)
+        for name, fragment, _ in VIEWS:
+            shoot(args.chromium, f"{base}/{fragment}", out / name, args.size, args.budget_ms)
+    finally:
+        tb.terminate()
+        tb.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,189 @@
+"""TensorBoard's HPARAMS tab: one trial per run, written into the run's own event files.
+
+A run is one hparams *session*: its ``session_start_info`` (the hyperparameters a person
+compares) is written when fitting starts, so a running or crashed run is listed too, and its
+``session_end_info`` (success, failure or aborted) when it ends. The trial's metrics are the
+last values of the run's own scalars (``train/loss``, ``val/acc``, ``test/acc`` ...), which
+TensorBoard reads itself: nothing is duplicated under other names.
+
+No ``_hparams_/experiment`` summary is written. TensorBoard keeps one such summary for a whole
+log directory, taken from whichever run it finds first, so per-run summaries hide the columns
+of every other run (another model's knobs, another family's metrics). Without it, TensorBoard
+derives the columns from all the runs' session infos and scalar tags, so ``--logdir outputs/``
+over many runs and sweeps lists every run with every column.
+
+Everything written at the end is flushed and the writer closed before :meth:`end` returns:
+Lightning closes its TensorBoard writer at the end of ``fit``/``test``, and a summary added
+after that goes to a fresh event file that nothing would flush before the process exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import lightning as L
+from lightning.pytorch.loggers import TensorBoardLogger
+
+log = logging.getLogger(__name__)
+
+# keys of the model/data/optimizer/scheduler nodes that never change a result, or repeat
+# another hyperparameter; everything else a config sets there is a hyperparameter
+_SKIP = {
+    "_target_", "_partial_", "_recursive_", "_convert_",
+    "data_dir", "cache_dir", "download", "verify", "on_device", "eval_batch_size",
+    "steps_per_execution",   # same minibatches and steps, only less framework overhead
+    "seed",                  # data.seed is ${seed}
+    "cuda_graph", "log_images", "projector_size",
+}
+_TRAINER = ("max_epochs", "max_steps", "precision", "devices", "num_nodes", "accumulate_grad_batches",
+            "gradient_clip_val")
+
+
+def _value(v: Any) -> bool | int | float | str:
+    if v is None:
+        return "none"
+    if isinstance(v, (bool, int, float, str)):
+        return v
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(str(_value(x)) for x in v) + "]"
+    return str(v)
+
+
+def _flat(node: Any, prefix: str, out: dict[str, Any]) -> None:
+    if isinstance(node, dict):
+        for k, v in node.items():
+            if k in _SKIP or (prefix == "model." and k in ("optimizer", "scheduler")):
+                continue  # model.optimizer / model.scheduler are ${optimizer} / ${scheduler}
+            _flat(v, f"{prefix}{k}.", out)
+    else:
+        out[prefix[:-1]] = _value(node)
+
+
+def run_hparams(resolved: dict[str, Any], choices: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The hyperparameters of a run that a person compares, flat, TensorBoard-typed.
+
+    The config choices (``model``, ``experiment``, ``optimizer``, ``scheduler``, ``data``),
+    ``seed``, the results-changing ``trainer`` settings, and every value under ``model``
+    (including ``model.net``), ``optimizer``, ``scheduler`` and ``data`` except paths,
+    ``_target_`` and speed-only switches (see ``_SKIP``). Lists are written as ``[a, b]``,
+    None as ``none``."""
+    choices = dict(choices or {})
+    choices.setdefault("model", resolved.get("model_name"))
+    out: dict[str, Any] = {}
+    for group in ("model", "experiment", "data", "optimizer", "scheduler"):
+        if group in choices or group == "model":
+            out[group] = _value(choices.get(group))
+    out["seed"] = _value(resolved.get("seed"))
+    trainer = resolved.get("trainer") or {}
+    for k in _TRAINER:
+        if k in trainer:
+            out[f"trainer.{k}"] = _value(trainer[k])
+    for group in ("model", "optimizer", "scheduler", "data"):
+        if isinstance(resolved.get(group), dict):
+            _flat(resolved[group], f"{group}.", out)
+    return out
+
+
+def _hydra_choices() -> dict[str, Any]:
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        choices = HydraConfig.get().runtime.choices
+    except ValueError:  # not under Hydra
+        return {}
+    return {k: v for k, v in choices.items() if not k.startswith("hydra/")}
+
+
+def _summary(tag: str, plugin_data):
+    from tensorboard.compat.proto import summary_pb2
+    from tensorboard.plugins.hparams import metadata
+
+    summary = summary_pb2.Summary()
+    summary.value.add(tag=tag, metadata=metadata.create_summary_metadata(plugin_data),
+                      tensor=metadata.NULL_TENSOR)
+    return summary
+
+
+def session_start(hparams: dict[str, Any], start_time_secs: float | None = None):
+    """A ``session_start_info`` summary; no group name, so each run is its own trial."""
+    from tensorboard.plugins.hparams import metadata, plugin_data_pb2
+
+    info = plugin_data_pb2.SessionStartInfo(start_time_secs=start_time_secs or time.time())
+    for name, v in sorted(hparams.items()):
+        if isinstance(v, bool):
+            info.hparams[name].bool_value = v
+        elif isinstance(v, (int, float)):
+            info.hparams[name].number_value = float(v)
+        else:
+            info.hparams[name].string_value = str(v)
+    return _summary(metadata.SESSION_START_INFO_TAG,
+                    plugin_data_pb2.HParamsPluginData(session_start_info=info))
+
+
+def session_end(status: str, end_time_secs: float | None = None):
+    """A ``session_end_info`` summary; ``status``: success, failure, aborted or running."""
+    from tensorboard.plugins.hparams import api_pb2, metadata, plugin_data_pb2
+
+    info = plugin_data_pb2.SessionEndInfo(status=api_pb2.Status.Value(f"STATUS_{status.upper()}"),
+                                          end_time_secs=end_time_secs or time.time())
+    return _summary(metadata.SESSION_END_INFO_TAG,
+                    plugin_data_pb2.HParamsPluginData(session_end_info=info))
+
+
+class HParamsSession(L.Callback):
+    """Writes the run's hparams trial (see the module docstring). ``fodl.train`` adds it to every
+    run; the trial's end is written by :meth:`end`, after testing, or by :meth:`on_exception`."""
+
+    def __init__(self, resolved: dict[str, Any], choices: dict[str, Any] | None = None) -> None:
+        self.hparams = run_hparams(resolved, _hydra_choices() if choices is None else choices)
+        self._started = False
+        self._ended = False
+
+    @staticmethod
+    def _tensorboards(trainer: L.Trainer) -> list[TensorBoardLogger]:
+        return [lg for lg in trainer.loggers if isinstance(lg, TensorBoardLogger)]
+
+    def _write(self, trainer: L.Trainer, summary) -> None:
+        for lg in self._tensorboards(trainer):
+            lg.experiment._get_file_writer().add_summary(summary)
+            lg.experiment.flush()
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if not trainer.is_global_zero or self._started:
+            return
+        self._write(trainer, session_start(self.hparams))
+        self._started = True
+
+    def on_exception(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                     exception: BaseException) -> None:
+        # Lightning calls this before it finalises (flushes and closes) its loggers
+        if trainer.is_global_zero and self._started and not self._ended:
+            self._ended = True
+            status = "aborted" if isinstance(exception, KeyboardInterrupt) else "failure"
+            self._write(trainer, session_end(status))
+
+    def end(self, trainer: L.Trainer, status: str = "success") -> None:
+        """Close the trial, give the other loggers the same hyperparameters (e.g. the CSV
+        logger's hparams.yaml), then flush and close every logger so that all of it is on disk
+        when this returns."""
+        if not trainer.is_global_zero:
+            return
+        if self._started and not self._ended:
+            self._write(trainer, session_end(status))
+        self._ended = True
+        for lg in trainer.loggers:
+            if not isinstance(lg, TensorBoardLogger):
+                lg.log_hyperparams(self.hparams)
+            lg.finalize(status)   # flush + close (TensorBoard); write files (CSV)
+
+
+def finish_run(trainer: L.Trainer) -> None:
+    """End the HPARAMS trial of ``trainer``'s run and flush/close its loggers (rank 0)."""
+    for cb in trainer.callbacks:
+        if isinstance(cb, HParamsSession):
+            cb.end(trainer)
+            return
+    for lg in trainer.loggers:
+        lg.finalize("success")

@@ -1,0 +1,582 @@
+"""Config values checked before anything is built: a wrong type or an impossible value stops
+the run with one paragraph naming the key, the value and what is allowed.
+
+``check_config(cfg)`` resolves the composed config and checks every node that has a
+``_target_`` (data, model, model.net, optimizer, scheduler, trainer, each callback and logger,
+a trainer profiler ...) against
+
+1. the target's signature: a key that is not one of its parameters is an error (unless it
+   takes ``**kwargs`` at the end of its ``__init__`` chain), and so is a missing required one;
+2. the parameter's type hints (``int``, ``float``, ``bool``, ``str``, ``Literal``, ``Optional``,
+   unions, lists/tuples of those), so families get type checks without writing anything;
+3. the explicit rules in :data:`RULES` (ranges, allowed names), which replace the type hint of
+   the parameters they name. Rules are looked up along the target's class hierarchy, so a
+   rule for ``InMemoryDataModule.batch_size`` applies to every in-memory DataModule and one
+   for ``torch.optim.Optimizer.lr`` to every optimizer.
+
+**A new family adds its rules in one place**: one entry per class in :data:`RULES` below
+(its net, its LightningModule and its DataModule, keyed by the class's dotted path), e.g.::
+
+    "fodl.nets.skipgram.SkipGram": {"embedding_dim": Number(integer=True, min=1)},
+
+plus the top-level keys it introduces, if any, in :data:`ROOT_RULES`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import types
+import typing
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import PurePath
+from typing import Any
+
+from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from fodl.errors import FodlError
+
+# -- rules ----------------------------------------------------------------------------------
+
+
+class Rule:
+    """A check of one config value."""
+
+    def ok(self, value: Any) -> bool:
+        raise NotImplementedError
+
+    def allowed(self) -> str:
+        """What is allowed, as the end of 'allowed: ...' ('' when not worth saying)."""
+        raise NotImplementedError
+
+
+def _fmt(x: float) -> str:
+    return str(int(x)) if float(x).is_integer() and abs(x) < 1e15 else f"{x:g}"
+
+
+@dataclass(frozen=True)
+class Number(Rule):
+    """A finite number (``integer=True``: an int) in a range; ``also``: extra allowed values
+    (e.g. -1 for 'no limit'); ``none``: null allowed too."""
+
+    integer: bool = False
+    min: float | None = None
+    max: float | None = None
+    min_open: bool = False  # min itself not allowed
+    max_open: bool = False
+    also: tuple = ()
+    none: bool = False
+
+    def ok(self, v: Any) -> bool:
+        if v is None:
+            return self.none
+        if isinstance(v, bool) or not isinstance(v, (int, float)):
+            return False
+        if v in self.also:
+            return True
+        if self.integer and not isinstance(v, int):
+            return False
+        if not math.isfinite(v):
+            return False
+        if self.min is not None and (v < self.min or (self.min_open and v == self.min)):
+            return False
+        if self.max is not None and (v > self.max or (self.max_open and v == self.max)):
+            return False
+        return True
+
+    def allowed(self) -> str:
+        s = "an integer" if self.integer else "a number"
+        if self.min is not None and self.max is not None:
+            s += (f" in {'(' if self.min_open else '['}{_fmt(self.min)}, {_fmt(self.max)}"
+                  f"{')' if self.max_open else ']'}")
+        elif self.min is not None:
+            s += f" {'>' if self.min_open else '>='} {_fmt(self.min)}"
+        elif self.max is not None:
+            s += f" {'<' if self.max_open else '<='} {_fmt(self.max)}"
+        extra = [repr(a) for a in self.also] + (["null"] if self.none else [])
+        return s + (", or " + " or ".join(extra) if extra else "")
+
+
+@dataclass(frozen=True)
+class Choice(Rule):
+    """One of the given values (null allowed when None is one of them)."""
+
+    values: tuple
+
+    def __init__(self, *values: Any) -> None:
+        object.__setattr__(self, "values", tuple(values))
+
+    def ok(self, v: Any) -> bool:
+        return any(v == c and type(v) is type(c) for c in self.values)
+
+    def allowed(self) -> str:
+        return "one of " + ", ".join("null" if c is None else repr(c) for c in self.values)
+
+
+@dataclass(frozen=True)
+class Flag(Rule):
+    none: bool = False
+
+    def ok(self, v: Any) -> bool:
+        return isinstance(v, bool) or (v is None and self.none)
+
+    def allowed(self) -> str:
+        return "true or false" + (" or null" if self.none else "")
+
+
+@dataclass(frozen=True)
+class Text(Rule):
+    none: bool = False
+    nonempty: bool = False
+
+    def ok(self, v: Any) -> bool:
+        if v is None:
+            return self.none
+        return isinstance(v, str) and (bool(v.strip()) or not self.nonempty)
+
+    def allowed(self) -> str:
+        s = "a non-empty string" if self.nonempty else "a string"
+        return s + (" or null" if self.none else "")
+
+
+@dataclass(frozen=True)
+class Seq(Rule):
+    """A list whose items each pass ``item``, with ``min_len`` to ``max_len`` items."""
+
+    item: Rule | None = None
+    min_len: int = 0
+    max_len: int | None = None
+    none: bool = False
+
+    def ok(self, v: Any) -> bool:
+        if v is None:
+            return self.none
+        if not isinstance(v, (list, tuple)):
+            return False
+        if len(v) < self.min_len or (self.max_len is not None and len(v) > self.max_len):
+            return False
+        return self.item is None or all(self.item.ok(x) for x in v)
+
+    def allowed(self) -> str:
+        if self.max_len is not None and self.max_len == self.min_len:
+            s = f"a list of exactly {self.min_len}"
+        elif self.min_len:
+            s = "a non-empty list" if self.min_len == 1 else f"a list of at least {self.min_len}"
+        else:
+            s = "a list (may be empty)"
+        if self.item is not None and self.item.allowed():
+            s += f", each {self.item.allowed()}"
+        return s + (", or null" if self.none else "")
+
+
+@dataclass(frozen=True)
+class AnyOf(Rule):
+    rules: tuple
+    text: str = ""  # what is allowed, when the rules' own descriptions would say it badly
+
+    def __init__(self, *rules: Rule, text: str = "") -> None:
+        object.__setattr__(self, "rules", tuple(rules))
+        object.__setattr__(self, "text", text)
+
+    def ok(self, v: Any) -> bool:
+        return any(r.ok(v) for r in self.rules)
+
+    def allowed(self) -> str:
+        if self.text:
+            return self.text
+        choices = [v for r in self.rules if isinstance(r, Choice) for v in r.values]
+        parts = [a for r in self.rules if not isinstance(r, Choice) and (a := r.allowed())]
+        if choices:
+            parts.append(Choice(*choices).allowed())
+        return ", or ".join(parts)
+
+
+@dataclass(frozen=True)
+class Object(Rule):
+    """A parameter that takes an object (a module, a callable, a tensor): in a config, a node
+    with ``_target_`` (checked on its own)."""
+
+    def ok(self, v: Any) -> bool:
+        return isinstance(v, dict) and "_target_" in v
+
+    def allowed(self) -> str:
+        return ""
+
+
+@dataclass(frozen=True)
+class Anything(Rule):
+    def ok(self, v: Any) -> bool:
+        return True
+
+    def allowed(self) -> str:
+        return "anything"
+
+
+_ANY = Anything()
+POSITIVE_INT = Number(integer=True, min=1)
+FRACTION = Number(min=0.0, max=1.0, max_open=True)  # e.g. dropout: [0, 1)
+
+# -- the rules: one entry per class (dotted path of its definition); subclasses inherit --------
+
+_INITS = ("zeros", "he_normal", "uniform", "torch")   # fodl.nets.init.INITS
+_BATCHES = AnyOf(Number(integer=True, min=0), Number(min=0.0, max=1.0), Choice(None))
+
+RULES: dict[str, dict[str, Rule]] = {
+    # data ------------------------------------------------------------------------------------
+    "fodl.data.base.InMemoryDataModule": {
+        "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
+        "steps_per_execution": POSITIVE_INT, "seed": Number(integer=True, min=0, none=True),
+        "on_device": Flag(), "drop_last": Flag(),
+    },
+    "fodl.data.mnist.MNISTDataModule": {
+        "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
+        "val_size": Number(integer=True, min=0, max=59999), "download": Flag(),
+        "verify": Choice("content", "md5"), "standardize": Flag(),
+    },
+    "fodl.data.cifar.CIFAR10DataModule": {
+        "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
+        "val_size": Number(integer=True, min=0, max=49999), "download": Flag(),
+        "crop": Number(integer=True, min=4, max=32), "augment": Flag(),
+    },
+    # classifier family: the LightningModules and their nets ----------------------------------
+    "fodl.models.base.FodlModule": {
+        "optimizer": Object(), "scheduler": AnyOf(Object(), Choice(None)),
+        "scheduler_interval": Choice("epoch", "step"),
+        "gradient_clip_val": Number(min=0.0, min_open=True, none=True), "cuda_graph": Flag(),
+    },
+    "fodl.models.classifier.ClassifierModule": {"num_classes": Number(integer=True, min=2)},
+    "fodl.nets.mlp.MLP": {
+        "in_features": POSITIVE_INT, "hidden": Seq(POSITIVE_INT),
+        "num_classes": Number(integer=True, min=2), "init": Choice(*_INITS),
+        "output_activation": Choice(None, "none", "relu"), "dropout": FRACTION,
+    },
+    "fodl.nets.cnn.MNISTConvNet": {
+        "in_channels": POSITIVE_INT, "num_classes": Number(integer=True, min=2),
+        "dropout": FRACTION, "init": Choice(*_INITS), "output_activation": Choice(None, "none", "relu"),
+    },
+    "fodl.nets.cnn.CIFARConvNet": {
+        "in_channels": POSITIVE_INT, "num_classes": Number(integer=True, min=2),
+        "crop": Number(integer=True, min=4, max=32), "dropout": FRACTION, "batch_norm": Flag(),
+        "init": Choice(*_INITS),
+    },
+    # optimizers and schedules (every torch optimizer / scheduler) ------------------------------
+    "torch.optim.optimizer.Optimizer": {
+        "lr": Number(min=0.0, min_open=True), "momentum": Number(min=0.0),
+        "dampening": Number(min=0.0), "weight_decay": Number(min=0.0),
+        "eps": Number(min=0.0), "alpha": Number(min=0.0), "lr_decay": Number(min=0.0),
+        "initial_accumulator_value": Number(min=0.0), "nesterov": Flag(), "centered": Flag(),
+        "amsgrad": Flag(), "betas": Seq(Number(min=0.0, max=1.0, max_open=True), 2, 2),
+    },
+    "torch.optim.lr_scheduler.LRScheduler": {
+        "step_size": POSITIVE_INT, "gamma": Number(min=0.0, min_open=True),
+        "T_max": POSITIVE_INT, "eta_min": Number(min=0.0), "last_epoch": Number(integer=True, min=-1),
+        "milestones": Seq(POSITIVE_INT, 1),
+    },
+    # the trainer --------------------------------------------------------------------------------
+    "lightning.pytorch.trainer.trainer.Trainer": {
+        "max_epochs": Number(integer=True, min=1, also=(-1,), none=True),
+        "min_epochs": Number(integer=True, min=0, none=True),
+        "max_steps": Number(integer=True, min=1, also=(-1,)),
+        "devices": AnyOf(Number(integer=True, min=1, also=(-1,)), Seq(Number(integer=True, min=0), 1),
+                         Text(nonempty=True),
+                         text="a number of devices >= 1 (-1: all), a non-empty list of device "
+                              "indices, or a string such as 'auto' or '0,1'"),
+        "num_nodes": POSITIVE_INT,
+        "accelerator": AnyOf(Choice("auto", "cpu", "gpu", "cuda", "mps", "tpu"), Object()),
+        "log_every_n_steps": Number(integer=True, min=1, none=True),
+        "check_val_every_n_epoch": Number(integer=True, min=1, none=True),
+        "num_sanity_val_steps": Number(integer=True, min=0, also=(-1,), none=True),
+        "limit_train_batches": _BATCHES, "limit_val_batches": _BATCHES,
+        "limit_test_batches": _BATCHES, "limit_predict_batches": _BATCHES,
+        "overfit_batches": AnyOf(Number(integer=True, min=0), Number(min=0.0, max=1.0)),
+        "fast_dev_run": AnyOf(Flag(), Number(integer=True, min=0)),
+        "accumulate_grad_batches": POSITIVE_INT,
+        "gradient_clip_val": Number(min=0.0, none=True),
+        "val_check_interval": AnyOf(Number(integer=True, min=1), Number(min=0.0, max=1.0, min_open=True),
+                                    Choice(None)),
+    },
+    # callbacks and loggers ---------------------------------------------------------------------
+    "lightning.pytorch.callbacks.model_checkpoint.ModelCheckpoint": {
+        "mode": Choice("min", "max"), "save_top_k": Number(integer=True, min=0, also=(-1,)),
+        "every_n_epochs": Number(integer=True, min=0, none=True),
+    },
+    "fodl.callbacks.RichProgressBar": {"refresh_rate": Number(integer=True, min=0)},
+    "fodl.progress.progress_bar": {"refresh_rate": Number(integer=True, min=0)},
+    "fodl.callbacks.ParameterSummaries": {"every_n_epochs": POSITIVE_INT, "filters": Flag()},
+}
+
+# top-level keys of conf/train.yaml and conf/eval.yaml
+ROOT_RULES: dict[str, Rule] = {
+    "seed": Number(integer=True, min=0, max=2**32 - 1, none=True),
+    "test": Flag(),
+    "ckpt_path": Text(none=True, nonempty=True),
+    "monitor": Text(nonempty=True),
+    "monitor_mode": Choice("min", "max"),
+    "optimized_metric": Text(none=True),
+    "split": Choice("test", "val"),
+}
+
+# -- type hints -> rules ---------------------------------------------------------------------
+
+
+def rule_from_hint(hint: Any) -> Rule:
+    """The check implied by a parameter's type hint (anything unknown passes)."""
+    if hint is None or hint is Any or hint is inspect.Parameter.empty:
+        return _ANY
+    if hint is type(None):
+        return Choice(None)
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is typing.Union or origin is types.UnionType:
+        rules = [rule_from_hint(a) for a in args]
+        return _ANY if any(r is _ANY for r in rules) else AnyOf(*rules)
+    if origin is typing.Literal:
+        return Choice(*args)
+    if hint is bool:
+        return Flag()
+    if hint is int:
+        return Number(integer=True)
+    if hint is float:
+        return Number()
+    if hint is str:
+        return Text()
+    if inspect.isclass(hint) and issubclass(hint, PurePath):
+        return Text()
+    if origin in (list, tuple, Sequence, Iterable, set, frozenset):
+        if origin is tuple and args and args[-1] is not Ellipsis:
+            item = AnyOf(*(rule_from_hint(a) for a in args))
+            item = _ANY if any(r is _ANY for r in item.rules) else item
+            return Seq(None if item is _ANY else item, len(args), len(args))
+        item = rule_from_hint(args[0]) if args else _ANY
+        return Seq(None if item is _ANY else item)
+    if hint in (dict, Mapping) or origin in (dict, Mapping):
+        return _Dict()
+    if hint is typing.Callable or hint is Callable or origin is Callable:
+        return Object()
+    if inspect.isclass(hint):
+        return Object()
+    return _ANY
+
+
+@dataclass(frozen=True)
+class _Dict(Rule):
+    def ok(self, v: Any) -> bool:
+        return isinstance(v, dict)
+
+    def allowed(self) -> str:
+        return "a mapping (key: value)"
+
+
+def _hints(fn: Any) -> dict[str, Any]:
+    try:
+        return typing.get_type_hints(fn)
+    except Exception:  # a hint that does not resolve: check that class without types
+        return {}
+
+
+def signature_of(target: Any) -> tuple[dict[str, inspect.Parameter], dict[str, Any], bool]:
+    """``(parameters, type hints, takes any keyword)`` of what ``instantiate`` calls: a class's
+    ``__init__``, following ``**kwargs`` up the class hierarchy, or a function."""
+    params: dict[str, inspect.Parameter] = {}
+    hints: dict[str, Any] = {}
+    fns = ([c.__dict__["__init__"] for c in target.__mro__ if c is not object and "__init__" in c.__dict__]
+           if inspect.isclass(target) else [target])
+    for fn in fns:
+        try:
+            sig = inspect.signature(fn)
+        except (TypeError, ValueError):  # a builtin: nothing to check
+            return params, hints, True
+        fn_hints = _hints(fn)
+        more = False
+        for i, (name, p) in enumerate(sig.parameters.items()):
+            if inspect.isclass(target) and i == 0:
+                continue  # self
+            if p.kind is p.VAR_KEYWORD:
+                more = True
+            elif p.kind is not p.VAR_POSITIONAL and name not in params:
+                if params and p.default is p.empty:  # a base class's required argument is
+                    p = p.replace(default=None)      # the subclass's to pass, not the config's
+                params[name] = p
+                if name in fn_hints:
+                    hints[name] = fn_hints[name]
+        if not more:
+            return params, hints, False
+    return params, hints, True
+
+
+def rules_of(target: Any) -> dict[str, Rule]:
+    """The explicit rules for ``target``: its own entry in RULES and its base classes'."""
+    classes = reversed(target.__mro__) if inspect.isclass(target) else [target]
+    out: dict[str, Rule] = {}
+    for c in classes:
+        out.update(RULES.get(f"{c.__module__}.{c.__qualname__}", {}))
+    return out
+
+
+# -- checking a config -----------------------------------------------------------------------
+
+
+def _show(v: Any, quote: bool = True) -> str:
+    """A value as it is written in an override (strings quoted when ``quote``)."""
+    if isinstance(v, str):
+        return repr(v) if quote else v
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_show(x, quote) for x in v) + "]"
+    return str(v)
+
+
+def _kind(v: Any) -> str:
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, int):
+        return "an integer"
+    if isinstance(v, float):
+        return "a number"
+    if isinstance(v, str):
+        return "a string"
+    if isinstance(v, (list, tuple)):
+        return "a list"
+    if isinstance(v, dict):
+        return "a mapping"
+    return "null" if v is None else type(v).__name__
+
+
+class _Checker:
+    def __init__(self, cfg: DictConfig) -> None:
+        self.cfg = cfg
+        self.errors: list[tuple[str, str]] = []  # (key, message)
+        self.interpolations: dict[str, str] = {}
+        self._find_interpolations(cfg, "")
+
+    def _find_interpolations(self, node: Any, path: str) -> None:
+        if isinstance(node, DictConfig):
+            items = [(str(k), k) for k in node.keys()]
+        elif isinstance(node, ListConfig):
+            items = [(str(i), i) for i in range(len(node))]
+        else:
+            return
+        for name, k in items:
+            full = f"{path}.{name}" if path else name
+            child = node._get_node(k)
+            if child is None:
+                continue
+            if child._is_interpolation():
+                self.interpolations[full] = str(child._value())
+            else:
+                self._find_interpolations(child, full)
+
+    def bad(self, key: str, value: Any, rule: Rule, example: Any = inspect.Parameter.empty,
+            what: str = "") -> None:
+        via = f" (set through {self.interpolations[key]})" if key in self.interpolations else ""
+        msg = f"{key}={_show(value)}{via} is {_kind(value)}"
+        allowed = rule.allowed()
+        msg += f"; allowed: {allowed}" if allowed else " and cannot be used here"
+        if what:
+            msg += f" ({what})"
+        if example is not inspect.Parameter.empty and rule.ok(example) and example is not None:
+            msg += f", e.g. {key}={_show(example, quote=False)}"
+        self.errors.append((key, msg))
+
+    def error(self, key: str, msg: str) -> None:
+        self.errors.append((key, msg))
+
+    def messages(self) -> list[str]:
+        """The errors, less those of a value copied from a key already reported (data.seed
+        is ${seed}: only seed is named)."""
+        keys = {k for k, _ in self.errors}
+        return [m for k, m in self.errors
+                if self.interpolations.get(k, "").removeprefix("${").removesuffix("}") not in keys]
+
+    def root(self, resolved: dict[str, Any]) -> None:
+        for key, rule in ROOT_RULES.items():
+            if key in resolved and not rule.ok(resolved[key]):
+                self.bad(key, resolved[key], rule)
+
+    def walk(self, node: Any, path: str) -> None:
+        if isinstance(node, dict):
+            if path and path in self.interpolations:
+                return  # e.g. model.optimizer: ${optimizer}, checked where it is defined
+            if "_target_" in node:
+                self.target(node, path)
+            for k, v in node.items():
+                if isinstance(v, (dict, list)) and not str(k).startswith("_"):
+                    self.walk(v, f"{path}.{k}" if path else str(k))
+        elif isinstance(node, list):
+            for i, v in enumerate(node):
+                if isinstance(v, dict):
+                    self.walk(v, f"{path}.{i}")
+
+    def target(self, node: dict[str, Any], path: str) -> None:
+        from hydra._internal.utils import _locate  # what instantiate uses, without its logging
+
+        name = node["_target_"]
+        if not isinstance(name, str) or not name.strip():
+            self.error(f"{path}._target_", f"{path}._target_={_show(name)} is {_kind(name)}; allowed: "
+                       "the dotted path of a class or function, e.g. torch.optim.SGD")
+            return
+        try:
+            target = _locate(name)
+        except Exception as e:  # ImportError, AttributeError ... as Hydra reports them
+            reason = " ".join(str(e).split()) or type(e).__name__
+            self.error(f"{path}._target_", f"{path}._target_={name!r} cannot be imported ({reason}); "
+                       "allowed: the dotted path of a class or function")
+            return
+        if not callable(target):
+            self.error(f"{path}._target_", f"{path}._target_={name!r} is not a class or function")
+            return
+        params, hints, any_keyword = signature_of(target)
+        rules = rules_of(target)
+        short = name.rsplit(".", 1)[-1]
+        for key, value in node.items():
+            key = str(key)
+            if key.startswith("_"):
+                continue
+            full = f"{path}.{key}"
+            if key not in params:
+                if not any_keyword:
+                    known = ", ".join(params) or "none"
+                    self.error(full, f"{full} is not a setting of {name} (its settings: {known}); "
+                               "remove it or fix its spelling")
+                continue
+            if isinstance(value, dict) and ("_target_" in value or full in self.interpolations):
+                continue  # an object built from its own node (or ${optimizer}): checked there
+            rule = rules.get(key) or rule_from_hint(hints.get(key))
+            if not rule.ok(value):
+                self.bad(full, value, rule, params[key].default, f"{short}'s {key}")
+        if not node.get("_partial_", False):
+            missing = [k for k, p in params.items() if p.default is p.empty and k not in node
+                       and p.kind is not p.VAR_POSITIONAL]
+            for k in missing:
+                self.error(f"{path}.{k}", f"{path}.{k} is missing: {name} needs it (add "
+                           f"+{path}.{k}=<value>)")
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Raise a :class:`FodlError` naming every bad value of a composed run config (see the
+    module docstring); return None when all is well. Nothing is built."""
+    try:
+        resolved = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None) or "the config"
+        reason = str(e).splitlines()[0]
+        raise FodlError(f"Invalid configuration: {key} cannot be resolved ({reason}). Give it a "
+                        f"value on the command line ({key}=<value>) or fix the interpolation in "
+                        "the YAML that sets it.") from None
+    checker = _Checker(cfg)
+    checker.root(resolved)
+    checker.walk(resolved, "")
+    errors = checker.messages()
+    if errors:
+        n = len(errors)
+        raise FodlError(
+            f"Invalid configuration ({n} value{'s' if n > 1 else ''}, nothing was run): "
+            + "; ".join(errors)
+            + ". Fix it on the command line (key=value) or in the YAML file that sets it; "
+              "`python scripts/train.py --help` lists the groups and options, and "
+              "`python scripts/train.py --cfg job` prints the composed config.")
