@@ -34,7 +34,7 @@ from fodl.data.download import cached, download
 from fodl.data.loader import TensorLoader, derive_seed
 from fodl.errors import FodlError
 from fodl.text.corpus import decode, iter_sources
-from fodl.text.tokenize import tokenize
+from fodl.text.tokenize import WORD_RE
 from fodl.text.vocab import PAD, UNK, Vocabulary
 
 log = logging.getLogger(__name__)
@@ -66,7 +66,8 @@ def parse_babi(text: str, source: str = "<text>") -> list[list[Line]]:
     """The stories of one bAbI file, each a list of :class:`Line`. A malformed line raises a
     ``FodlError`` naming ``source`` and the line number."""
     stories: list[list[Line]] = []
-    for n, raw in enumerate(text.splitlines(), 1):
+    words = WORD_RE.findall  # fodl.text.tokenize's words, on text lowercased once per file
+    for n, raw in enumerate(text.lower().splitlines(), 1):
         if not raw.strip():
             continue
         head, _, rest = raw.strip().partition(" ")
@@ -78,15 +79,14 @@ def parse_babi(text: str, source: str = "<text>") -> list[list[Line]]:
             stories.append([])
         if "\t" in rest:
             parts = rest.split("\t")
-            answer = parts[1] if len(parts) > 1 else ""
-            answers = [w for part in answer.split(",") for w in tokenize(part)]
+            answers = words(parts[1].replace(",", " ")) if len(parts) > 1 else []
             if not answers:
                 raise FodlError(f"{source}, line {n}: the question {parts[0].strip()!r} has no answer "
                                 "after its tab; not a bAbI task file.")
             supporting = [int(s) for s in (parts[2].split() if len(parts) > 2 else []) if s.isdigit()]
-            stories[-1].append(Line(ident, tokenize(parts[0]), answers, supporting))
+            stories[-1].append(Line(ident, words(parts[0]), answers, supporting))
         else:
-            stories[-1].append(Line(ident, tokenize(rest), [], []))
+            stories[-1].append(Line(ident, words(rest), [], []))
     return stories
 
 
@@ -291,17 +291,19 @@ class BabiDataModule(InMemoryDataModule):
         vocab = Vocabulary.build(counts, specials=SPECIALS, unk=UNK, source=str(src))
         out: dict = {"vocab": vocab.to_dict()}
         for split, items in (("train", train), ("val", val), ("test", stories["test"])):
-            toks, answers, lengths, task_ids = [], [], [], []
+            words: list[str] = []
+            targets: list[str] = []
+            lengths, task_ids = [], []
             for t, story in items:
-                words, targets = story_tokens(story)
-                toks.append(vocab.encode(words))
-                answers.append(vocab.encode([w if w is not None else PAD for w in targets]))
-                lengths.append(len(words))
+                w, y = story_tokens(story)
+                words += w
+                targets += [PAD if a is None else a for a in y]
+                lengths.append(len(w))
                 task_ids.append(t)
             lengths_t = torch.tensor(lengths, dtype=torch.long)
             out[split] = {
-                "tokens": torch.cat(toks).to(torch.int32) if toks else torch.zeros(0, dtype=torch.int32),
-                "answers": torch.cat(answers).to(torch.int32) if answers else torch.zeros(0, dtype=torch.int32),
+                "tokens": vocab.encode(words).to(torch.int32),
+                "answers": vocab.encode(targets).to(torch.int32),
                 "start": torch.cumsum(lengths_t, 0) - lengths_t,
                 "length": lengths_t,
                 "task": torch.tensor(task_ids, dtype=torch.long),
