@@ -46,6 +46,13 @@ def main() -> int:
     print("|---|---|---|---|---|---|")
     for model, r in rows:
         print(f"| {model} | {dev} | {r['steps']} | {r['plain_s']:.2f} | {r['fodl_s']:.2f} | {r['ratio']:.2f}x |")
+    text = [(m, r) for m, r in rows if r.get("tokens")]
+    if text:  # text models: throughput in tokens (tagged words, review tokens) per second
+        print("\n| model | tokens/epoch | plain PyTorch tokens/s | fodl tokens/s | ratio |")
+        print("|---|---|---|---|---|")
+        for model, r in text:
+            print(f"| {model} | {r['tokens']:,} | {r['tokens'] / r['plain_s']:,.0f} | "
+                  f"{r['tokens'] / r['fodl_s']:,.0f} | {r['ratio']:.2f}x |")
     return 0
 
 

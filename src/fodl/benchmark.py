@@ -103,7 +103,9 @@ def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
 def _plain_batches(datamodule, device: torch.device):
     """``epoch -> iterable of minibatches``: the datamodule's own training batches, one at a
     time (groups of ``steps_per_execution`` are flattened), on ``device``, one process."""
-    if hasattr(datamodule, "splits"):  # in-memory tensors: slice them where they will live
+    if hasattr(datamodule, "benchmark_loader"):  # its own batching (e.g. length buckets)
+        loader, on_after = datamodule.benchmark_loader(device), None
+    elif hasattr(datamodule, "splits"):  # in-memory tensors: slice them where they will live
         tensors = tuple(t.to(device) for t in datamodule.splits["train"])
         loader = TensorLoader(tensors, datamodule.batch_size, shuffle=True, seed=datamodule.seed,
                               drop_last=datamodule.drop_last)
@@ -160,6 +162,7 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
     return {"plain_s": statistics.median(plain_t), "fodl_s": statistics.median(fodl_t),
             "ratio": statistics.median(f / p for p, f in zip(plain_t, fodl_t)), "steps": steps,
             "fodl_steps_per_epoch": trainer.global_step // max(trainer.current_epoch, 1),
+            "tokens": getattr(datamodule, "train_tokens", None),  # text models: tokens per epoch
             "plain_all": timer.before_times, "fodl_all": timer.times,
             "plain_loss_first": float(plain_losses[0]), "plain_loss_last": float(plain_losses[-1])}
 

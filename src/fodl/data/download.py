@@ -93,6 +93,18 @@ def reading_archive(archive: Path) -> Iterator[None]:
         ) from None
 
 
+def check_tar_members(archive: Path, members: Sequence[tarfile.TarInfo]) -> None:
+    """Refuse (``FodlError``) an archive with a member that is not a plain file or folder, or
+    whose name is absolute or climbs with ``..``: what ``safe_extract_tar`` refuses to
+    extract, for readers that take members out of an archive in place."""
+    for m in members:
+        parts = m.name.replace("\\", "/").split("/")
+        if not (m.isfile() or m.isdir()) or m.name.startswith(("/", "\\")) or ".." in parts \
+                or (len(m.name) > 1 and m.name[1] == ":"):
+            raise FodlError(f"{archive} holds an unsafe member {m.name!r} (an absolute path, '..', "
+                            "a link or a device); refusing to read it. Use the official archive.")
+
+
 def safe_extract_tar(archive: Path, dest: Path) -> None:
     """Extract a tar archive refusing absolute paths, '..', links and devices.
 

@@ -1,0 +1,122 @@
+"""Text classification (book chapter 7's IMDB sentiment model): a classifier of token sequences.
+
+Why a subclass of :class:`~fodl.models.classifier.ClassifierModule` and not the classifier
+itself: the net takes ``(tokens, lengths)``, not one tensor. The lengths are explicit rather
+than re-derived from the padding id, so a net can pack or mask without knowing the
+vocabulary's conventions, and the same batches serve seq2seq later. The loss, metrics and
+logging are the classifier's; this adds only the batch layout ``(tokens, lengths, label)``
+and the vocabulary + tokenizer settings in every checkpoint (``fodl_text``), so
+``scripts/classify.py CKPT "review"`` needs only the checkpoint.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fodl.errors import FodlError
+from fodl.models.classifier import ClassifierModule
+from fodl.text.pad import load_text_state, store_text_state
+from fodl.text.tokenize import get_tokenizer
+from fodl.text.vocab import Vocabulary
+
+
+class TextClassifierModule(ClassifierModule):
+    """Batches are ``(tokens (B, T), lengths (B,), labels (B,))``; ``net(tokens, lengths)``
+    returns logits. Logs what :class:`ClassifierModule` logs. No ``cuda_graph`` (the inputs
+    change shape from batch to batch)."""
+
+    def __init__(self, net: nn.Module, optimizer: Callable[..., torch.optim.Optimizer],
+                 scheduler: Callable[..., Any] | None = None, scheduler_interval: str = "epoch",
+                 num_classes: int = 2, gradient_clip_val: float | None = None,
+                 cuda_graph: bool = False) -> None:
+        if cuda_graph:
+            raise FodlError("model.cuda_graph=true graphs a net of one fixed-shape input; the text "
+                            "classifier's batches change length. Set model.cuda_graph=false.")
+        super().__init__(net, optimizer, scheduler, scheduler_interval, num_classes,
+                         gradient_clip_val, False)
+        self.vocab: Vocabulary | None = None
+        self.text_settings: dict[str, Any] = {}
+
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        return self.net(tokens, lengths)
+
+    def training_loss(self, batch) -> torch.Tensor:
+        tokens, lengths, y = batch
+        return F.cross_entropy(self.net(tokens, lengths), y)
+
+    def _eval_step(self, batch, stage: str, metric) -> None:
+        tokens, lengths, y = batch
+        logits = self.net(tokens, lengths)
+        self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
+                 batch_size=len(y), prog_bar=stage == "val")
+        metric.update(logits, y)
+        self.log(f"{stage}/acc", metric, on_epoch=True, prog_bar=stage == "val")
+
+    def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
+        return self.net(batch[0], batch[1]).argmax(-1)
+
+    # -- vocabulary in checkpoints ----------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        dm = self.trainer.datamodule if self._trainer is not None else None
+        vocab = getattr(dm, "vocab", None)
+        if vocab is None:
+            return
+        rows = self.net.embed.num_embeddings
+        if len(vocab) > rows:
+            raise FodlError(f"The vocabulary has {len(vocab)} words but the net only {rows} rows "
+                            f"(model.net.vocab_size). Set model.net.vocab_size >= {len(vocab)}, or "
+                            "lower data.max_size.")
+        self.vocab, self.text_settings = vocab, dict(dm.text_settings())
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        super().on_save_checkpoint(checkpoint)
+        if self.vocab is not None:
+            store_text_state(checkpoint, {"words": self.vocab}, self.text_settings)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        super().on_load_checkpoint(checkpoint)
+        if "fodl_text" in checkpoint:
+            self.restore_text(checkpoint)
+
+    def restore_text(self, checkpoint: dict, source: str = "the checkpoint") -> None:
+        vocabs, self.text_settings = load_text_state(checkpoint, source)
+        self.vocab = vocabs["words"]
+
+    # -- inference on raw text ----------------------------------------------------------------
+    def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Tokenise and numericalise raw texts as training did (tokenizer, lowercasing, cut)."""
+        if self.vocab is None:
+            raise FodlError("This classifier has no vocabulary: load it from a checkpoint written "
+                            "by training (scripts/classify.py does).")
+        s = self.text_settings
+        tok = get_tokenizer(s.get("tokenizer", "words"))
+        kwargs = {} if s.get("tokenizer") == "treebank" else {"lowercase": s.get("lowercase", True),
+                                                               "strip_html": True}
+        seqs = [tok(t, **kwargs) or [""] for t in texts]  # an empty text is one unknown word
+        return self.vocab.encode_batch(seqs, s.get("max_len"))
+
+    @torch.no_grad()
+    def classify(self, texts: list[str]) -> torch.Tensor:
+        """``(N, num_classes)`` class probabilities of raw texts."""
+        tokens, lengths = self.encode(texts)
+        was = self.net.training
+        self.net.eval()
+        p = self.net(tokens.to(self.device), lengths.to(self.device)).softmax(-1)
+        self.net.train(was)
+        return p
+
+
+def load_text_classifier(path: str) -> TextClassifierModule:
+    """A trained :class:`TextClassifierModule` with its vocabulary, from a checkpoint alone."""
+    from fodl.checkpoint import load_module, read_checkpoint
+
+    module, _, _ = load_module(path)
+    if not isinstance(module, TextClassifierModule):
+        raise FodlError(f"{path} is a {type(module).__name__} checkpoint, not a text classifier's "
+                        "(model=lstm_sentiment).")
+    module.restore_text(read_checkpoint(path), str(path))
+    return module.eval()
