@@ -18,7 +18,7 @@ from conftest import ROOT, compose_train, train_cfg
 from fodl.checkpoint import read_checkpoint
 from fodl.checkpoint_io import AtomicCheckpointIO
 from fodl.errors import FodlError
-from fodl.resume import experiment_key, find_last_checkpoint
+from fodl.resume import experiment_key, find_last_checkpoint, resolve_ckpt_path
 from fodl.train import train
 
 
@@ -119,6 +119,20 @@ def test_auto_finds_the_newest_last_checkpoint_of_the_same_experiment(tmp_path):
                                            "hydra.run.dir=x"]) == newest
     assert find_last_checkpoint(tmp_path, ["model=logreg", "seed=3"]) is None
     assert experiment_key(["b=1", "a=2", "ckpt_path=auto"]) == ("a=2", "b=1")
+
+
+def test_ddp_processes_started_by_lightning_take_rank_zeros_auto_choice(tmp_path, monkeypatch):
+    """Lightning's DDP children re-run the entry point from the saved config, without the
+    command-line overrides that identify the experiment: they must resume from what rank 0
+    chose, not search again."""
+    monkeypatch.delenv("LOCAL_RANK", raising=False)
+    monkeypatch.setenv("FODL_AUTO_CKPT_PATH", "unset")
+    cfg = compose_train(["ckpt_path=auto", "seed=3"], tmp_path / "outputs" / "r")
+    assert resolve_ckpt_path(cfg) is None  # nothing to resume under tmp_path/outputs
+    assert os.environ["FODL_AUTO_CKPT_PATH"] == ""  # rank 0's choice, for the children it starts
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    monkeypatch.setenv("FODL_AUTO_CKPT_PATH", "/runs/a/checkpoints/last.ckpt")
+    assert resolve_ckpt_path(cfg) == "/runs/a/checkpoints/last.ckpt"
 
 
 def test_a_resumed_run_continues_the_same_tensorboard_curves(tmp_path, tiny_mnist):

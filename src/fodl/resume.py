@@ -10,8 +10,8 @@ a resubmitted sweep).
 
 TensorBoard: a resumed run writes a new run directory (the old one is never touched). So that
 its ``tensorboard/`` holds the *whole* curve, not a disconnected second half, the event files of
-the run it resumes are copied into it, and its writer starts with ``purge_step`` at the checkpoint's
-step: TensorBoard hides whatever the interrupted run logged after the checkpoint
+the run it resumes are copied into it, and its writer starts with ``purge_step`` at the
+checkpoint's step: TensorBoard hides whatever the interrupted run logged after the checkpoint
 (the epoch it did not finish), so each step appears once. A run resumed in the directory it was
 interrupted in (a requeued SLURM job step) keeps writing to the same logger directory, with the
 same purge.
@@ -32,6 +32,7 @@ from fodl.errors import FodlError
 log = logging.getLogger(__name__)
 
 AUTO = "auto"
+_INHERITED = "FODL_AUTO_CKPT_PATH"  # rank 0's resolution of ckpt_path=auto, for its DDP children
 #: override keys that do not change which experiment a run belongs to
 IGNORED = ("ckpt_path", "trainer.max_epochs")
 
@@ -94,6 +95,11 @@ def resolve_ckpt_path(cfg) -> str | None:
     path = cfg.get("ckpt_path")
     if path != AUTO:
         return path
+    # DDP processes that Lightning starts (LOCAL_RANK > 0) re-run the entry point from the
+    # parent's saved config, without its command-line overrides: they take rank 0's choice,
+    # which it leaves in the environment they inherit.
+    if os.environ.get("LOCAL_RANK", "0") != "0" and _INHERITED in os.environ:
+        return os.environ[_INHERITED] or None
     from hydra.core.hydra_config import HydraConfig
 
     try:
@@ -103,6 +109,7 @@ def resolve_ckpt_path(cfg) -> str | None:
                         "a run started through scripts/train.py. Give the checkpoint's path instead.") from None
     log_dir = Path(str(cfg.paths.log_dir))
     found = find_last_checkpoint(log_dir, overrides, checkpoint_dirs(cfg))
+    os.environ[_INHERITED] = str(found or "")
     if found is None:
         log.info("ckpt_path=auto: no last.ckpt of this experiment under %s; starting from scratch",
                  log_dir)

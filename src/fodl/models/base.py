@@ -143,7 +143,7 @@ class FodlModule(L.LightningModule):
 
     # -- a diverged run stops before it is checkpointed ------------------------------------
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
-        if batch_idx + 1 == self.trainer.num_training_batches:  # before epoch-end callbacks
+        if batch_idx + 1 == self._trainer.num_training_batches:  # before epoch-end callbacks
             self._check_finite_losses()
 
     def on_validation_start(self) -> None:
