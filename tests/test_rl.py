@@ -118,7 +118,7 @@ def test_replay_rebuilds_the_stacks_the_agent_saw_across_episode_ends():
     for i, (row, obs, autoreset) in enumerate(history):
         nxt = history[i + 1][1] if i + 1 < len(history) else None
         truth[row] = {"obs": obs, "next": nxt, "autoreset": autoreset,
-                      "action": buf.actions[row].clone()}
+                      "action": buf.actions[row].copy()}
     ok = buf.drawable()
     assert buf.full and ok.sum() > rows  # plenty drawable, some not
     checked = 0
@@ -148,6 +148,7 @@ def test_replay_rebuilds_the_stacks_the_agent_saw_across_episode_ends():
         assert np.array_equal(batch["obs"][k].numpy(), truth[t]["obs"][e])
         assert np.array_equal(batch["next_obs"][k].numpy(), truth[t]["next"][e])
         assert batch["action"][k] == truth[t]["action"][e] and batch["reward"][k] == float(truth[t]["action"][e])
+    assert batch["action"].dtype == torch.long and batch["done"].dtype == torch.float32
     assert batch["obs"].dtype == torch.uint8 and batch["obs"].shape == (64, stack, 2, 2)
     # zero padding really occurs at episode starts, and terminal flags are set
     assert (batch["obs"][:, 0] == 0).all(-1).all(-1).any() and batch["done"].sum() > 0

@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fodl.data.loader import StepGroup
 from fodl.errors import FodlError
 from fodl.models.rl import AgentModule, build_net
 from fodl.rl.schedule import LinearSchedule
@@ -48,7 +49,7 @@ class DQNModule(AgentModule):
         epsilon_start, epsilon_end, epsilon_decay_steps: epsilon-greedy schedule over
             environment steps (the replay warm-up acts at random whatever epsilon says).
         eval_epsilon: epsilon of evaluation episodes (0.05 in the paper).
-        log_every_env_steps, torch_threads: see :class:`~fodl.models.rl.AgentModule`.
+        log_every_env_steps, torch_threads, fused_optimizer: see :class:`~fodl.models.rl.AgentModule`.
     """
 
     def __init__(
@@ -71,9 +72,10 @@ class DQNModule(AgentModule):
         eval_epsilon: float = 0.05,
         log_every_env_steps: int = 1000,
         torch_threads: int | None = None,
+        fused_optimizer: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val,
-                         log_every_env_steps, torch_threads)
+                         log_every_env_steps, torch_threads, fused_optimizer)
         if loss not in ("huber", "mse"):
             raise FodlError(f"model.loss={loss!r}: choose huber or mse.")
         if not 0.0 < tau <= 1.0:
@@ -124,6 +126,20 @@ class DQNModule(AgentModule):
         sync_target(self.target_net, self.net, tau)
         self.target_updates.fill_(due)
 
+    def prepare_batch(self, batch) -> None:
+        """For a group of minibatches (one update of ``gradient_steps`` optimizer steps), compute
+        every minibatch's target in one forward pass of the target network: it does not change
+        during the update (it is only synchronised between updates), so this is the same target
+        as one pass per minibatch, at a fraction of the cost for small nets (SB3 zoo's CartPole
+        setting takes 128 steps per update). Double DQN needs the online net, which changes
+        after every step, so its targets are computed per minibatch."""
+        if type(batch) is not StepGroup or self.double or len(batch) < 2:
+            return
+        with torch.no_grad():
+            next_v = self.target_net(torch.cat([b["next_obs"] for b in batch])).max(1).values
+        for b, v in zip(batch, next_v.split([len(b["reward"]) for b in batch])):
+            b["target"] = b["reward"] + self.gamma * (1.0 - b["done"]) * v
+
     def td_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
             next_q = self.target_net(batch["next_obs"])
@@ -135,7 +151,7 @@ class DQNModule(AgentModule):
             return batch["reward"] + self.gamma * (1.0 - batch["done"]) * next_v
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        target = self.td_target(batch)
+        target = batch["target"] if "target" in batch else self.td_target(batch)
         q = self.run_net(batch["obs"]).gather(1, batch["action"][:, None]).squeeze(1)
         self._q_means.append(q.detach().mean())
         if self.loss_name == "huber":

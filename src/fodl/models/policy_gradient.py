@@ -47,7 +47,7 @@ class PolicyGradientModule(AgentModule):
         epsilon_start, epsilon_end, epsilon_decay_episodes: the book's annealed epsilon, over
             episodes.
         eval_mode: evaluation episodes act ``greedy`` (the most likely action) or ``sample``.
-        log_every_env_steps, torch_threads: see :class:`~fodl.models.rl.AgentModule`.
+        log_every_env_steps, torch_threads, fused_optimizer: see :class:`~fodl.models.rl.AgentModule`.
     """
 
     def __init__(
@@ -71,9 +71,10 @@ class PolicyGradientModule(AgentModule):
         eval_mode: str = "greedy",
         log_every_env_steps: int = 1000,
         torch_threads: int | None = None,
+        fused_optimizer: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val,
-                         log_every_env_steps, torch_threads)
+                         log_every_env_steps, torch_threads, fused_optimizer)
         if baseline not in (None, "none", "value"):
             raise FodlError(f"model.baseline={baseline!r}: choose null or value.")
         if exploration not in ("sample", "epsilon_greedy"):

@@ -16,8 +16,10 @@ markers. Stacks are rebuilt by index when a minibatch is drawn:
 A million Atari transitions take 1M x 7,056 bytes = 7.1 GB of frames plus 14 MB of the rest,
 instead of 56 GB. With ``num_envs`` parallel environments the memory is ``rows x num_envs``:
 row ``t`` holds step ``t`` of every environment, so each environment's frames stay consecutive.
-Frames live on ``device`` (the GPU when training there); the small per-row fields and the
-sampling of indices stay on the CPU, drawn from the buffer's own seeded generator.
+Frames live on ``device`` (the GPU when training there); the small per-row fields are numpy
+arrays on the CPU (a write is a few microseconds), and minibatch indices are drawn from the
+buffer's own seeded torch generator on the CPU, so the same seed draws the same minibatches on
+any device.
 
 CartPole uses the same class with ``stack=1``: observations are 4 floats and ``s_{t+1}`` is
 still read from the next row rather than stored twice.
@@ -62,12 +64,13 @@ class ReplayBuffer:
         # torch.empty: pages are only committed as rows are written
         self.frames = torch.empty((self.rows, self.num_envs, *self.frame_shape), dtype=frame_dtype,
                                   device=self.device)
+        self._frames_np = self.frames.numpy() if self.device.type == "cpu" else None
         shape = (self.rows, self.num_envs)
-        self.actions = torch.zeros(shape, dtype=torch.long)
-        self.rewards = torch.zeros(shape, dtype=torch.float32)
-        self.terminal = torch.zeros(shape, dtype=torch.bool)
-        self.first = torch.zeros(shape, dtype=torch.bool)
-        self.valid = torch.zeros(shape, dtype=torch.bool)
+        self.actions = np.zeros(shape, dtype=np.int64)
+        self.rewards = np.zeros(shape, dtype=np.float32)
+        self.terminal = np.zeros(shape, dtype=bool)
+        self.first = np.zeros(shape, dtype=bool)
+        self.valid = np.zeros(shape, dtype=bool)
         self.pos = 0          # next row to write
         self.full = False
         self.generator = torch.Generator().manual_seed(int(seed))
@@ -79,8 +82,7 @@ class ReplayBuffer:
 
     def nbytes(self) -> int:
         """Memory the buffer holds when full, in bytes."""
-        meta = sum(t.element_size() * t.numel() for t in
-                   (self.actions, self.rewards, self.terminal, self.first, self.valid))
+        meta = sum(a.nbytes for a in (self.actions, self.rewards, self.terminal, self.first, self.valid))
         return self.frames.element_size() * self.frames.numel() + meta
 
     # -- writing ------------------------------------------------------------------------
@@ -91,18 +93,21 @@ class ReplayBuffer:
         bootstrapping from the next state), whether the frame starts an episode, and whether
         the step is a real transition (False for the reset step after an episode's end)."""
         p = self.pos
-        self.frames[p] = torch.as_tensor(frame).to(self.device, non_blocking=True)
-        self.actions[p] = torch.as_tensor(action)
-        self.rewards[p] = torch.as_tensor(reward)
-        self.terminal[p] = torch.as_tensor(terminal)
-        self.first[p] = torch.as_tensor(first)
-        self.valid[p] = torch.as_tensor(valid)
+        if self._frames_np is not None:
+            self._frames_np[p] = frame
+        else:
+            self.frames[p].copy_(torch.as_tensor(np.asarray(frame)), non_blocking=True)
+        self.actions[p] = action
+        self.rewards[p] = reward
+        self.terminal[p] = terminal
+        self.first[p] = first
+        self.valid[p] = valid
         self.pos = (p + 1) % self.rows
         if self.pos == 0:
             self.full = True
 
     # -- sampling -----------------------------------------------------------------------
-    def _ok(self, t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def _ok(self, t: np.ndarray, e: np.ndarray) -> np.ndarray:
         """Rows ``t`` (of env ``e``) that can be drawn: a real transition, its next row
         written, and (once the memory has wrapped) its frame history not overwritten."""
         ok = self.valid[t, e] & (t != (self.pos - 1) % self.rows)
@@ -110,38 +115,37 @@ class ReplayBuffer:
             ok &= (t - self.pos) % self.rows >= self.stack - 1
         return ok
 
-    def sample_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """``n`` (row, env) pairs drawn uniformly, with replacement, among drawable rows."""
         hi = self.rows if self.full else self.pos
-        if hi < 2 or not bool(self.valid[:hi].any()):
+        if hi < 2 or not self.valid[:hi].any():
             raise RuntimeError("the replay memory holds no complete transition yet")
-        flat = torch.randint(hi * self.num_envs, (n,), generator=self.generator)
+        flat = torch.randint(hi * self.num_envs, (n,), generator=self.generator).numpy()
         t, e = flat // self.num_envs, flat % self.num_envs
         bad = ~self._ok(t, e)
         for _ in range(1000):  # rejection sampling: drawable rows are almost all rows
-            if not bool(bad.any()):
+            if not bad.any():
                 return t, e
-            k = int(bad.sum())
-            redraw = torch.randint(hi * self.num_envs, (k,), generator=self.generator)
+            redraw = torch.randint(hi * self.num_envs, (int(bad.sum()),), generator=self.generator).numpy()
             t[bad], e[bad] = redraw // self.num_envs, redraw % self.num_envs
             bad = ~self._ok(t, e)
         raise RuntimeError("could not draw valid transitions from the replay memory")
 
-    def _stacks(self, t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+    def _stacks(self, t: np.ndarray, e: np.ndarray) -> torch.Tensor:
         """Observations at rows ``t`` of envs ``e``: frames ``t-stack+1 .. t``, zeros before
         the episode's first frame. Shape ``(B, stack, *frame)``, or ``(B, *frame)`` for 1."""
         if self.stack == 1:
-            return self.frames[t.to(self.device), e.to(self.device)]
-        offsets = torch.arange(self.stack - 1, -1, -1)
-        rows = (t[:, None] - offsets) % self.rows                   # (B, k), oldest first
+            return self.frames[self._index(t), self._index(e)]
+        rows = (t[:, None] - np.arange(self.stack - 1, -1, -1)) % self.rows   # (B, k), oldest first
         firsts = self.first[rows, e[:, None]]
         # a frame is kept when no later frame of the window starts an episode
-        later = firsts.flip(1).cumsum(1).flip(1) - firsts.long()
-        keep = (later == 0).to(self.device)
-        dev_e = e.to(self.device)[:, None]
-        frames = self.frames[rows.to(self.device), dev_e]           # (B, k, *frame)
-        keep = keep.view(*keep.shape, *([1] * len(self.frame_shape)))
+        later = np.cumsum(firsts[:, ::-1], axis=1)[:, ::-1] - firsts
+        keep = self._index(later == 0).view(*rows.shape, *([1] * len(self.frame_shape)))
+        frames = self.frames[self._index(rows), self._index(e[:, None])]     # (B, k, *frame)
         return torch.where(keep, frames, torch.zeros((), dtype=frames.dtype, device=self.device))
+
+    def _index(self, a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
 
     def sample(self, batch_size: int, n_batches: int | None = None):
         """A minibatch ``{"obs", "action", "reward", "done", "next_obs"}`` on ``device``
@@ -149,13 +153,12 @@ class ReplayBuffer:
         ``n_batches`` of them drawn in one gather."""
         n = batch_size * (n_batches or 1)
         t, e = self.sample_indices(n)
-        nxt = (t + 1) % self.rows
         batch = {
             "obs": self._stacks(t, e),
-            "action": self.actions[t, e].to(self.device, non_blocking=True),
-            "reward": self.rewards[t, e].to(self.device, non_blocking=True),
-            "done": self.terminal[t, e].float().to(self.device, non_blocking=True),
-            "next_obs": self._stacks(nxt, e),
+            "action": self._index(self.actions[t, e]),
+            "reward": self._index(self.rewards[t, e]),
+            "done": self._index(self.terminal[t, e].astype(np.float32)),
+            "next_obs": self._stacks((t + 1) % self.rows, e),
         }
         if n_batches is None:
             return batch
@@ -165,13 +168,12 @@ class ReplayBuffer:
     # -- inspection (tests, debugging) --------------------------------------------------
     def drawable(self) -> np.ndarray:
         """Boolean (rows, envs) array of the rows :meth:`sample` can return."""
-        t = torch.arange(self.rows)[:, None].expand(self.rows, self.num_envs)
-        e = torch.arange(self.num_envs)[None, :].expand(self.rows, self.num_envs)
-        ok = self._ok(t.reshape(-1), e.reshape(-1)).view(self.rows, self.num_envs)
+        t, e = np.meshgrid(np.arange(self.rows), np.arange(self.num_envs), indexing="ij")
+        ok = self._ok(t.reshape(-1), e.reshape(-1)).reshape(self.rows, self.num_envs)
         if not self.full:
             ok[self.pos:] = False
-        return ok.numpy()
+        return ok
 
     def observation(self, t: int, e: int) -> torch.Tensor:
         """The (rebuilt) observation stored at row ``t`` of env ``e``."""
-        return self._stacks(torch.tensor([t]), torch.tensor([e]))[0]
+        return self._stacks(np.array([t]), np.array([e]))[0]
