@@ -1,0 +1,294 @@
+"""Chapter 7 sentiment LSTM: aclImdb readers (folder, tar.gz, unsafe members refused), the
+cached numericalisation, length-bucketed batches, padding invariance of the masked max-pool,
+training through train(), the vocabulary in the checkpoint, scripts/classify.py, the download
+path, and the real archive."""
+
+import io
+import random
+import runpy
+import sys
+import tarfile
+
+import pytest
+import torch
+
+from conftest import FAST, ROOT, compose_train, run_script, shared_file
+from fodl.checkpoint import read_checkpoint
+from fodl.data.buckets import LengthBucketLoader
+from fodl.data.imdb import IMDBDataModule, iter_reviews
+from fodl.errors import FodlError
+from fodl.models.sentiment import load_text_classifier
+from fodl.nets.lstm import LSTMClassifierNet
+from fodl.train import train
+
+GOOD = ["great", "wonderful", "superb", "loved", "excellent", "moving"]
+BAD = ["awful", "boring", "terrible", "hated", "worst", "dull"]
+FILLER = ["the", "movie", "film", "plot", "actor", "was", "and", "a", "it", "story", "scene", "i"]
+
+
+def review(rng, positive):
+    words = [rng.choice(FILLER) for _ in range(rng.randint(4, 30))]
+    for _ in range(rng.randint(1, 3)):
+        words.insert(rng.randrange(len(words) + 1), rng.choice(GOOD if positive else BAD))
+    text = " ".join(words)
+    return text.capitalize() + ("!<br /><br />Café ★" if rng.random() < 0.3 else ".")
+
+
+def make_aclimdb(root, n_train=120, n_test=60, seed=0):
+    """``root/aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt`` plus the files the real
+    archive has besides the reviews (README, imdb.vocab, urls) that readers must skip."""
+    rng = random.Random(seed)
+    top = root / "aclImdb"
+    for split, n in (("train", n_train), ("test", n_test)):
+        for label in ("pos", "neg"):
+            d = top / split / label
+            d.mkdir(parents=True, exist_ok=True)
+            for i in range(n // 2):
+                rating = rng.randint(7, 10) if label == "pos" else rng.randint(1, 4)
+                (d / f"{i}_{rating}.txt").write_text(review(rng, label == "pos"), encoding="utf-8")
+        (top / split / "urls_pos.txt").write_text("http://www.imdb.com/title/tt0000001/usercomments\n")
+    (top / "README").write_text("Large Movie Review Dataset v1.0\n")
+    (top / "imdb.vocab").write_text("the\nmovie\n")
+    return top
+
+
+def tar_of(folder, path, extra=()):
+    with tarfile.open(path, "w:gz") as tar:
+        tar.add(folder, arcname="aclImdb")
+        for name, data, kind in extra:
+            info = tarfile.TarInfo(name)
+            if kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return path
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """One intra-op thread: on a shared 2-core machine two threads spin-wait for each other."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+SMALL = ["model=lstm_sentiment", "model.net.embedding_dim=16", "model.net.hidden_size=16",
+         "model.net.dropout=0.1", "data.max_size=100", "data.val_size=40", "data.batch_size=16",
+         "data.eval_batch_size=64", "data.max_len=40", "data.bucket_batches=4", "optimizer.lr=0.02"]
+
+
+# -- readers -------------------------------------------------------------------------------
+def test_folder_and_archive_readers_agree(tmp_path):
+    top = make_aclimdb(tmp_path)
+    archive = tar_of(top, tmp_path / "aclImdb_v1.tar.gz")
+    a = [(s, lab, t) for s, _, lab, t in iter_reviews(top)]
+    b = [(s, lab, t) for s, _, lab, t in iter_reviews(archive)]
+    assert a == b and len(a) == 180  # README, imdb.vocab, urls_*.txt skipped
+    assert {(s, lab) for s, lab, _ in a} == {("train", 0), ("train", 1), ("test", 0), ("test", 1)}
+    assert any("Café ★" in t for _, _, t in a)  # UTF-8 decoded
+    # the DataModule finds either under data_dir
+    for root in (tmp_path, ):
+        dm = IMDBDataModule(root, val_size=20, download=False)
+        assert dm.source_path() == top
+
+
+@pytest.mark.parametrize("name,kind", [("aclImdb/train/pos/../../../evil.txt", "file"),
+                                       ("/tmp/evil.txt", "file"),
+                                       ("aclImdb/train/pos/link.txt", "symlink")])
+def test_archive_with_an_unsafe_member_is_refused(tmp_path, name, kind):
+    top = make_aclimdb(tmp_path / "src", 8, 8)
+    d = tmp_path / "data" / "imdb"
+    d.mkdir(parents=True)
+    tar_of(top, d / "aclImdb_v1.tar.gz", [(name, b"pwned", kind)])
+    dm = IMDBDataModule(tmp_path / "data", cache_dir=str(tmp_path / "cache"), val_size=2)
+    with pytest.raises(FodlError, match="unsafe member"):
+        dm.setup("fit")
+    assert not (tmp_path / "evil.txt").exists() and not list((tmp_path / "cache").glob("*"))
+
+
+def test_not_the_layout_is_a_clear_error(tmp_path):
+    (tmp_path / "imdb" / "aclImdb" / "train" / "pos").mkdir(parents=True)
+    (tmp_path / "imdb" / "aclImdb" / "test").mkdir(parents=True)
+    (tmp_path / "imdb" / "aclImdb" / "train" / "pos" / "0_9.txt").write_text("good")
+    with pytest.raises(FodlError, match="all of one class|no test reviews"):
+        IMDBDataModule(tmp_path, val_size=0).setup()
+    with pytest.raises(FodlError, match="data.download=false"):
+        IMDBDataModule(tmp_path / "nothing", download=False).setup()
+
+
+def test_official_archive_is_downloaded_with_its_md5(tmp_path, monkeypatch):
+    top = make_aclimdb(tmp_path / "src", 8, 8)
+    calls = []
+
+    def fake_download(urls, dest, md5=None, timeout=60):
+        calls.append((urls[0], md5, dest))
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        return tar_of(top, dest)
+
+    monkeypatch.setattr("fodl.data.imdb.download", fake_download)
+    dm = IMDBDataModule(tmp_path / "data", val_size=2)
+    dm.setup()
+    assert calls == [("https://ai.stanford.edu/~amaas/data/sentiment/aclImdb_v1.tar.gz",
+                      "7c2ac02c03563afcf9b574c7e56c153a", tmp_path / "data" / "imdb" / "aclImdb_v1.tar.gz")]
+    assert len(dm.splits["test"][2]) == 8
+
+
+# -- numericalisation ------------------------------------------------------------------------
+def test_vocabulary_cut_padding_and_cache(tmp_path, monkeypatch):
+    top = make_aclimdb(tmp_path)
+    (top / "train" / "neg" / "99_1.txt").write_text("<br />")  # no word at all
+    dm = IMDBDataModule(tmp_path, cache_dir=str(tmp_path / "cache"), max_size=12, max_len=6, val_size=20)
+    dm.setup()
+    v = dm.vocab
+    assert len(v) == 12 and v.words[:2] == ["<pad>", "<unk>"]
+    tokens, lengths, labels = dm.splits["train"]
+    assert tokens.shape[1] == 6 and lengths.max() == 6 and lengths.min() >= 1
+    assert len(labels) == 121 - 20 and (tokens[torch.arange(6) >= lengths.unsqueeze(1)] == 0).all()
+    assert (tokens[torch.arange(6) < lengths.unsqueeze(1)] > 0).all()  # no pad inside a review
+    assert (tokens == v.unk_id).any()  # words beyond the 10 most frequent
+    # the tokenised reviews are cached: a second setup reads no review
+    monkeypatch.setattr("fodl.data.imdb.iter_reviews", lambda *a: (_ for _ in ()).throw(AssertionError))
+    again = IMDBDataModule(tmp_path, cache_dir=str(tmp_path / "cache"), max_size=20, max_len=8, val_size=20)
+    again.setup()
+    assert len(again.vocab) == 20 and again.splits["train"][0].shape[1] <= 8
+
+
+# -- batches --------------------------------------------------------------------------------
+def test_length_buckets_are_dense_cover_everything_and_reshuffle():
+    g = torch.Generator().manual_seed(0)
+    n = 500
+    lengths = torch.randint(1, 200, (n,), generator=g)
+    tokens = torch.where(torch.arange(200) < lengths.unsqueeze(1), 5, 0)
+    ids = torch.arange(n)
+    loader = LengthBucketLoader((tokens, lengths, ids), 20, bucket_batches=5, shuffle=True, seed=3)
+    epoch0 = list(loader)
+    assert len(epoch0) == len(loader) == 25
+    seen = torch.cat([b[2] for b in epoch0])
+    assert sorted(seen.tolist()) == list(range(n))  # every review once
+    for tok, lens, _ in epoch0:
+        assert tok.shape[1] == int(lens.max())  # cut to the longest: no column of only padding
+    spread = sum(int(lens.max() - lens.min()) for _, lens, _ in epoch0) / len(epoch0)
+    plain = LengthBucketLoader((tokens, lengths, ids), 20, bucket_batches=0, shuffle=True, seed=3)
+    plain_spread = sum(int(lens.max() - lens.min()) for _, lens, _ in plain) / len(plain)
+    assert spread < plain_spread / 4  # buckets: batches of similar lengths
+    def padding(batches):
+        return sum(int(t.numel() - lens.sum()) for t, lens, *_ in batches) / int(lengths.sum())
+
+    assert padding(epoch0) < 0.25 and padding(plain) > 0.6  # pools of 100 reviews: ~18% padding
+    whole = LengthBucketLoader((tokens, lengths, ids), 20, bucket_batches=25, shuffle=True, seed=3)
+    assert padding(whole) < 0.05  # one pool of all 500 (the real config: pools of 1,600)
+    again = [b[2] for b in LengthBucketLoader((tokens, lengths, ids), 20, bucket_batches=5, shuffle=True, seed=3)]
+    assert all(torch.equal(a[2], b) for a, b in zip(epoch0, again))  # a function of (seed, epoch)
+    loader.set_epoch(1)
+    assert not all(torch.equal(a[2], b[2]) for a, b in zip(epoch0, loader))
+    evaluation = list(LengthBucketLoader((tokens, lengths, ids), 64, shuffle=False))
+    order = torch.cat([b[1] for b in evaluation])
+    assert torch.equal(order, lengths.sort(descending=True, stable=True).values)
+
+
+# -- the net: padding never reaches the max-pool -----------------------------------------------
+@pytest.mark.parametrize("bidirectional,pack,output", [(False, False, "linear"), (False, True, "book"),
+                                                       (True, False, "linear")])
+def test_appending_padding_does_not_change_a_prediction(bidirectional, pack, output):
+    torch.manual_seed(0)
+    net = LSTMClassifierNet(50, 8, 8, bidirectional=bidirectional, pack=pack, output=output).eval()
+    if output == "book":  # give batch norm non-trivial running statistics
+        net.bn.running_mean.uniform_(-1, 1)
+    lengths = torch.tensor([7, 3, 5])
+    tokens = torch.randint(2, 50, (3, 7)) * (torch.arange(7) < lengths.unsqueeze(1))
+    ref = net(tokens, lengths)
+    for extra in (1, 13):
+        padded = torch.cat([tokens, torch.zeros(3, extra, dtype=torch.long)], 1)
+        assert torch.allclose(net(padded, lengths), ref, atol=1e-6)
+        # and a review alone equals the same review in a padded batch
+        alone = torch.cat([net(tokens[i : i + 1, : lengths[i]], lengths[i : i + 1]) for i in range(3)])
+        assert torch.allclose(alone, ref, atol=1e-5)
+    # the check can fail: reading the padding as words changes the prediction
+    assert not torch.allclose(net(tokens, torch.full((3,), 7)), ref, atol=1e-4)
+
+
+def test_net_shapes_and_book_init():
+    net = LSTMClassifierNet()  # the book: 30,000 x 512, LSTM 512, 2 classes
+    assert net.embed.weight.shape == (30000, 512) and net.lstm.hidden_size == 512
+    assert net.fc.out_features == 2 and net.bn is None and net.drop.p == 0.5
+    assert abs(net.embed.weight[1:].std().item() - (1 / 30000) ** 0.5) < 1e-3
+    assert (net.embed.weight[0] == 0).all()
+    b = LSTMClassifierNet(10, 4, 4, output="book", bidirectional=True)
+    assert b.bn is not None and b.pack and b(torch.ones(2, 3, dtype=torch.long), torch.tensor([3, 1])).shape == (2, 2)
+
+
+# -- training, checkpoint, CLI ------------------------------------------------------------------
+def test_fast_dev_run(tmp_path):
+    make_aclimdb(tmp_path / "data" / "imdb")
+    cfg = compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, *SMALL,
+                         "+trainer.fast_dev_run=true"], tmp_path / "run")
+    metrics = train(cfg)
+    assert "train/loss" in metrics and "test/acc" in metrics
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("imdb")
+    make_aclimdb(tmp / "data" / "imdb", 240, 120)
+    cfg = compose_train([f"paths.data_dir={tmp / 'data'}", *FAST, *SMALL, "trainer.max_epochs=8"],
+                        tmp / "run")
+    metrics = train(cfg)
+    ckpt = sorted((tmp / "run" / "checkpoints").glob("epoch*.ckpt"))[0]
+    return metrics, ckpt, tmp / "data"
+
+
+def test_lstm_learns_the_tiny_reviews(trained):
+    metrics = trained[0]
+    assert metrics["val/acc"] > 0.9 and metrics["test/acc"] > 0.9
+
+
+def test_vocabulary_round_trips_through_the_checkpoint(trained):
+    _, ckpt, data = trained
+    raw = read_checkpoint(ckpt)  # weights_only
+    assert raw["fodl_text"]["settings"] == {"tokenizer": "words", "lowercase": True, "max_len": 40,
+                                            "labels": ["neg", "pos"]}
+    model = load_text_classifier(str(ckpt))
+    dm = IMDBDataModule(data, max_size=100, val_size=40, max_len=40)
+    dm.setup()
+    assert model.vocab.words == dm.vocab.words and model.vocab.counts == dm.vocab.counts
+    tokens, lengths = model.encode(["The movie was GREAT!<br />", ""])
+    assert lengths.tolist() == [5, 1] and tokens[1, 0] == model.vocab.unk_id  # the ! is a token
+    p = model.classify(["a superb and wonderful film", "an awful boring plot, the worst"])
+    assert p[0, 1] > 0.5 and p[1, 0] > 0.5
+
+
+def test_classify_cli(trained, tmp_path, monkeypatch, capsys):
+    _, ckpt, _ = trained
+    r = run_script("classify.py", [str(ckpt), "I loved it: superb, moving, excellent!",
+                                   "Awful. Boring and dull, the worst film."], cwd=tmp_path,
+                   env={"OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr
+    lines = [line.split("\t") for line in r.stdout.strip().splitlines()]
+    assert [x[0] for x in lines] == ["pos", "neg"] and all(0.5 < float(x[1]) <= 1 for x in lines)
+    cli = runpy.run_path(str(ROOT / "scripts" / "classify.py"))
+    monkeypatch.setattr(sys, "argv", ["classify.py", str(tmp_path / "nope.ckpt"), "x"])
+    assert cli["main"]() == 1 and "does not exist" in capsys.readouterr().err
+
+
+def test_benchmark_plain_loop_gets_the_same_batches(tmp_path):
+    make_aclimdb(tmp_path / "imdb")
+    dm = IMDBDataModule(tmp_path, max_len=40, val_size=20, batch_size=8, bucket_batches=3)
+    dm.setup()
+    ours = list(dm.train_dataloader())
+    plain = list(dm.benchmark_loader(torch.device("cpu")))
+    assert len(ours) == len(plain) and all(
+        torch.equal(a, b) for x, y in zip(ours, plain) for a, b in zip(x, y))
+    assert dm.train_tokens == int(dm.splits["train"][1].sum())
+
+
+# -- the real archive ------------------------------------------------------------------------
+@pytest.mark.realdata
+def test_real_imdb_archive_counts():
+    archive = shared_file("imdb", "aclImdb_labelled_50k.tar.gz")
+    counts = {}
+    for split, _, label, _ in iter_reviews(archive):
+        counts[split, label] = counts.get((split, label), 0) + 1
+    assert counts == {("train", 0): 12500, ("train", 1): 12500, ("test", 0): 12500, ("test", 1): 12500}
