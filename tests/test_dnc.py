@@ -357,3 +357,13 @@ def test_shared_babi_lacks_qa3_train_and_says_so(tmp_path):
     dm = BabiDataModule(data_dir=str(SHARED_DATA), tasks=1, cache_dir=str(tmp_path))
     dm.setup()
     assert len(dm.splits["train"][0]) == 1800 and len(dm.splits["test"][0]) == 200
+
+
+@pytest.mark.parametrize("override, named", [("model.net.memory_size=0", "model.net.memory_size"),
+                                             ("data.tasks=[1,25]", "data.tasks")])
+def test_bad_settings_are_named_before_anything_runs(tmp_path, override, named):
+    from fodl.schema import check_config
+
+    data = ["data=babi"] if override.startswith("data.tasks") else []
+    with pytest.raises(FodlError, match=named.replace(".", r"\.")):
+        check_config(compose_train(["model=dnc", *data, override], tmp_path / "r"))

@@ -261,6 +261,33 @@ RULES: dict[str, dict[str, Rule]] = {
         "crop": Number(integer=True, min=4, max=32), "dropout": FRACTION, "batch_norm": Flag(),
         "init": Choice(*_INITS),
     },
+    # chapter 8: the DNC, its LSTM baseline, the sequence module, copy task and bAbI -------------
+    "fodl.nets.dnc.DNC": {
+        "controller": Choice("lstm", "feedforward"), "hidden_size": POSITIVE_INT,
+        "memory_size": POSITIVE_INT, "word_size": POSITIVE_INT, "read_heads": POSITIVE_INT,
+        "clip": Number(min=0.0), "init": Choice(*_INITS), "compile": Flag(),
+    },
+    "fodl.nets.dnc.SequenceLSTM": {
+        "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT, "init": Choice(*_INITS),
+    },
+    "fodl.models.sequence.SequenceModule": {
+        "net": Object(), "width": Number(integer=True, min=1, none=True),
+        "vocab_size": Number(integer=True, min=6, none=True), "log_memory": Flag(),
+    },
+    "fodl.data.copy_task.CopyTaskDataModule": {
+        "width": POSITIVE_INT, "min_length": POSITIVE_INT, "max_length": POSITIVE_INT,
+        "min_repeats": POSITIVE_INT, "max_repeats": POSITIVE_INT, "batch_size": POSITIVE_INT,
+        "batches_per_epoch": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
+        "eval_batches": POSITIVE_INT, "val_lengths": Seq(POSITIVE_INT, 2, 2, none=True),
+        "test_lengths": Seq(POSITIVE_INT, 2, 2, none=True), "seed": Number(integer=True, min=0, none=True),
+    },
+    "fodl.data.babi.BabiDataModule": {
+        "tasks": AnyOf(Number(integer=True, min=1, max=20), Seq(Number(integer=True, min=1, max=20), 1)),
+        "missing": Choice("error", "skip"), "val_fraction": FRACTION,
+        "max_size": Number(integer=True, min=6), "bucket": Number(integer=True, min=0),
+        "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
+        "path": Text(nonempty=True), "url": Text(none=True), "md5": Text(none=True),
+    },
     # optimizers and schedules (every torch optimizer / scheduler) ------------------------------
     "torch.optim.optimizer.Optimizer": {
         "lr": Number(min=0.0, min_open=True), "momentum": Number(min=0.0),
