@@ -346,3 +346,29 @@ def test_real_conll2000_both_layouts_agree():
         assert a == b
     tags = {t for s in read_conll(two / "pos.train.txt") for t in s.tags}
     assert len(tags) == 44
+
+
+# -- experiments and the benchmark -----------------------------------------------------------
+@pytest.mark.parametrize("experiment", ["book/ch7_pos_tagger", "fast/pos_tagger"])
+def test_experiments_run(tmp_path, experiment):
+    small = [o for o in SMALL if not o.startswith(("data.val_size", "data.batch_size"))]
+    cfg = compose_train([f"paths.data_dir={tiny_conll(tmp_path / 'data')}", *FAST, *small,
+                         f"experiment={experiment}", "model.net.embedding_dim=16",
+                         "model.net.hidden=[32,16]", "+trainer.fast_dev_run=true",
+                         *([] if experiment.startswith("book") else ["data.val_size=30"])], tmp_path / "run")
+    metrics = train(cfg)
+    assert "test/acc" in metrics
+    if experiment.startswith("book"):
+        assert cfg.model.net.style == "book" and cfg.data.left == 2 and cfg.data.right == 0
+        assert cfg.data.suffix_lengths == [] and cfg.data.val_size == 0
+
+
+def test_benchmark_compare_counts_tokens(tmp_path):
+    from fodl.benchmark import compare
+
+    data = tiny_conll(tmp_path / "data")
+    extra = [o for o in SMALL if not o.startswith("model=")] + [
+        "trainer.enable_model_summary=false", "+trainer.limit_train_batches=4", "logger=none", "callbacks=none"]
+    r = compare("pos_tagger", str(data), epochs=2, extra=extra)
+    assert r["steps"] == 4 and r["tokens"] == 4 * 32  # one tagged token per example
+    assert r["plain_s"] > 0 and r["fodl_s"] > 0 and r["plain_loss_last"] < r["plain_loss_first"] * 1.5

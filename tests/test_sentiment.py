@@ -292,3 +292,29 @@ def test_real_imdb_archive_counts():
     for split, _, label, _ in iter_reviews(archive):
         counts[split, label] = counts.get((split, label), 0) + 1
     assert counts == {("train", 0): 12500, ("train", 1): 12500, ("test", 0): 12500, ("test", 1): 12500}
+
+
+@pytest.mark.parametrize("experiment", ["book/ch7_lstm_sentiment", "fast/lstm_sentiment"])
+def test_experiments_run(tmp_path, experiment):
+    make_aclimdb(tmp_path / "data" / "imdb")
+    cfg = compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, f"experiment={experiment}",
+                         "model.net.embedding_dim=8", "model.net.hidden_size=8", "data.max_size=100",
+                         "data.val_size=20", "+trainer.fast_dev_run=true"], tmp_path / "run")
+    assert "test/acc" in train(cfg)
+    if experiment.startswith("book"):
+        assert cfg.model.net.output == "book" and cfg.data.max_len == 500 and cfg.data.batch_size == 32
+        assert cfg.model.net.dropout == 0.5 and cfg.optimizer.lr == 0.001
+
+
+def test_benchmark_compare_counts_tokens(tmp_path):
+    from fodl.benchmark import compare
+
+    make_aclimdb(tmp_path / "imdb")
+    extra = [o for o in SMALL if not o.startswith("model=")] + [
+        "trainer.enable_model_summary=false", "+trainer.limit_train_batches=3", "logger=none", "callbacks=none"]
+    r = compare("lstm_sentiment", str(tmp_path), epochs=2, extra=extra)
+    dm = IMDBDataModule(tmp_path, max_len=40, val_size=40, batch_size=16, bucket_batches=4, max_size=100,
+                        seed=42)  # the run config's seed
+    dm.setup()
+    first3 = list(dm.benchmark_loader(torch.device("cpu")))[:3]
+    assert r["steps"] == 3 and r["tokens"] == sum(int(b[1].sum()) for b in first3)

@@ -100,9 +100,10 @@ def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
     return times
 
 
-def _plain_batches(datamodule, device: torch.device):
+def _plain_batches(datamodule, device: torch.device, max_batches: int | None = None):
     """``epoch -> iterable of minibatches``: the datamodule's own training batches, one at a
-    time (groups of ``steps_per_execution`` are flattened), on ``device``, one process."""
+    time (groups of ``steps_per_execution`` are flattened), on ``device``, one process; the
+    first ``max_batches`` of each epoch (``trainer.limit_train_batches`` as an int), as fodl's."""
     if hasattr(datamodule, "benchmark_loader"):  # its own batching (e.g. length buckets)
         loader, on_after = datamodule.benchmark_loader(device), None
     elif hasattr(datamodule, "splits"):  # in-memory tensors: slice them where they will live
@@ -112,6 +113,8 @@ def _plain_batches(datamodule, device: torch.device):
         on_after = getattr(datamodule, "on_after_batch_transfer", None)
     else:
         loader, on_after = datamodule.train_dataloader(), None
+    if max_batches is not None:
+        loader.max_batches = max_batches
 
     def batches(epoch: int):
         if hasattr(loader, "set_epoch"):
@@ -142,8 +145,11 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
         device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
         plain = copy.deepcopy(module).to(device)  # same architecture and initial weights
         opt = instantiate(cfg.optimizer)(params=[p for p in plain.parameters() if p.requires_grad])
-        batches = _plain_batches(datamodule, device)
+        limit = trainer.limit_train_batches
+        batches = _plain_batches(datamodule, device, limit if isinstance(limit, int) else None)
         steps = sum(1 for _ in batches(0))
+        count = getattr(datamodule, "batch_tokens", None)  # text models: tokens of a batch
+        tokens = sum(count(b) for b in batches(0)) if count is not None else None
 
         plain_losses: list[float] = []
 
@@ -162,7 +168,7 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
     return {"plain_s": statistics.median(plain_t), "fodl_s": statistics.median(fodl_t),
             "ratio": statistics.median(f / p for p, f in zip(plain_t, fodl_t)), "steps": steps,
             "fodl_steps_per_epoch": trainer.global_step // max(trainer.current_epoch, 1),
-            "tokens": getattr(datamodule, "train_tokens", None),  # text models: tokens per epoch
+            "tokens": tokens,  # text models: tokens per (limited) epoch
             "plain_all": timer.before_times, "fodl_all": timer.times,
             "plain_loss_first": float(plain_losses[0]), "plain_loss_last": float(plain_losses[-1])}
 

@@ -263,6 +263,11 @@ class CoNLLDataModule(InMemoryDataModule):
                           torch.tensor([w not in train_forms for s in ss for w in s.words]))
         return out
 
+    @staticmethod
+    def batch_tokens(batch) -> int:
+        """Tagged tokens in a training batch (one example per token; for tokens/s)."""
+        return len(batch[1])
+
     def _vectors_path(self) -> Path:
         p = Path(self.vectors).expanduser()
         return p if p.is_absolute() else self.root / p

@@ -279,6 +279,11 @@ class IMDBDataModule(InMemoryDataModule):
             self._count_in_minibatches(loader)
         return loader
 
+    @staticmethod
+    def batch_tokens(batch) -> int:
+        """Review tokens (padding excluded) in a training batch (for tokens/s)."""
+        return int(batch[1].sum())
+
     def benchmark_loader(self, device: torch.device) -> LengthBucketLoader:
         """The training batches for ``fodl.benchmark``'s plain loop: the same bucketed loader
         over the training split, on ``device``, one process."""
