@@ -314,6 +314,24 @@ def test_pretrained_word2vec_initialises_the_embedding(tmp_path):
     assert not torch.allclose(emb[fw["cat"]], torch.zeros(16))  # others keep their random init
 
 
+def test_a_skipgram_checkpoint_loads_as_vectors(tmp_path):
+    wv = pytest.importorskip("fodl.analysis.word_vectors")
+    from fodl.text.vocab import UNK, Vocabulary
+
+    data = tiny_conll(tmp_path / "data")
+    vocab = Vocabulary.build(["the"] * 3 + ["dog"] * 2 + ["zebra"], specials=(UNK,), unk=UNK)
+    emb = torch.randn(5, 16)  # more rows than words, as a skip-gram net has
+    torch.save({"state_dict": {wv.EMBEDDING_KEY: emb}, "vocabulary": vocab.to_dict()},
+               data / "skipgram.ckpt")
+    dm = CoNLLDataModule(data, val_size=30, max_words=100, max_suffixes=200, vectors="skipgram.ckpt")
+    assert dm.read_vectors()[0] == ["the", "dog", "zebra"]
+    dm.setup("fit")
+    rows, found = dm.pretrained
+    fw = dm.featurizer.words
+    assert "zebra" in fw and int(found.sum()) == 3
+    assert torch.equal(rows[fw["dog"]], emb[vocab["dog"]]) and torch.equal(rows[fw["zebra"]], emb[3])
+
+
 def test_vocabulary_larger_than_the_net_is_a_clear_error(tmp_path):
     cfg = compose_train([f"paths.data_dir={tiny_conll(tmp_path / 'data')}", *FAST, *SMALL,
                          "model.net.vocab_size=5", "+trainer.fast_dev_run=true"], tmp_path / "run")

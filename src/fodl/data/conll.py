@@ -131,8 +131,8 @@ class CoNLLDataModule(InMemoryDataModule):
         min_count: training words seen fewer times map to ``<unk>`` (so ``<unk>`` is trained
             on rare words and unknown test words get a trained vector).
         max_words, max_suffixes: vocabulary sizes at most (the net's embedding rows).
-        vectors: a word2vec text/binary file (e.g. the skip-gram's export) to initialise the
-            word embeddings; its most frequent words also fill the vocabulary up to
+        vectors: a word2vec text/binary file, or a chapter 6 skip-gram checkpoint (``.ckpt``),
+            to initialise the word embeddings; its most frequent words also fill the vocabulary up to
             ``max_words``, so test words absent from training keep their pretrained vector.
         vectors_limit: read at most this many entries of ``vectors``.
         batch_size, eval_batch_size, steps_per_execution, on_device, seed: batching
@@ -235,8 +235,7 @@ class CoNLLDataModule(InMemoryDataModule):
         sents = self.sentences()
         extra: list[str] = []
         if self.vectors:
-            words, _ = read_word2vec(self._vectors_path(), limit=self.vectors_limit)
-            extra = words
+            extra, _ = self.read_vectors()
         o = self.feature_opts
         feat = WindowFeaturizer.build([s.words for s in sents["train"]], o["left"], o["right"],
                                       o["suffix_lengths"], o["lowercase"], o["normalize_digits"],
@@ -268,6 +267,19 @@ class CoNLLDataModule(InMemoryDataModule):
         """Tagged tokens in a training batch (one example per token; for tokens/s)."""
         return len(batch[1])
 
+    def read_vectors(self) -> tuple[list[str], torch.Tensor]:
+        """``(words, vectors)`` of ``data.vectors``: a word2vec text/binary file, or a chapter 6
+        skip-gram checkpoint (``.ckpt``: its input embeddings and vocabulary, specials left
+        out); the first ``vectors_limit`` entries (most frequent first)."""
+        path = self._vectors_path()
+        if path.suffix != ".ckpt":
+            return read_word2vec(path, limit=self.vectors_limit)
+        from fodl.analysis.word_vectors import load_word_vectors
+
+        vectors, vocab = load_word_vectors(path)
+        n, end = vocab.num_specials, None if self.vectors_limit is None else vocab.num_specials + self.vectors_limit
+        return vocab.words[n:end], vectors[n:end]
+
     def _vectors_path(self) -> Path:
         p = Path(self.vectors).expanduser()
         return p if p.is_absolute() else self.root / p
@@ -289,8 +301,7 @@ class CoNLLDataModule(InMemoryDataModule):
         self.splits = {"train": (x, y), "val": tuple(data["val"]), "test": tuple(data["test"])}
         self.train_tokens = len(y)
         if self.vectors:
-            words, vectors = read_word2vec(self._vectors_path(), limit=self.vectors_limit)
-            self.pretrained = self._align(words, vectors)
+            self.pretrained = self._align(*self.read_vectors())
         n = {k: len(v[1]) for k, v in self.splits.items()}
         log.info("CoNLL-2000 (%s): %s tokens; %d word types in the vocabulary, %d suffixes, %d "
                  "tags; %.1f%% of test tokens are unknown words", self.layout, n,
