@@ -385,3 +385,20 @@ def test_real_imdb_corpus_and_google_analogies(tmp_path):
     batch = next(iter(dm.train_dataloader()))
     assert batch.words.shape[1] == dm.block_size + 2 * dm.window and batch.positive.any()
     assert isinstance(q, AnalogyQuestions)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="gensim not installed (.[bench])")
+def test_bench_word2vec_trains_both_on_one_token_file(tmp_path):
+    from fodl.analysis.word2vec_bench import Settings, format_results, run_fodl, run_gensim, write_token_file
+
+    (tmp_path / "c.txt").write_text(_topic_corpus(100).replace("\n", "\n<br />"))
+    token_file, tokens = write_token_file(tmp_path / "c.txt", tmp_path / "tokens.txt", strip_html=True)
+    assert tokens == 100 * 20 and "br" not in token_file.read_text().split()
+    (tmp_path / "q.txt").write_text(": topics\ntawa tawb tbwa tbwb\n")
+    s = Settings(dim=8, min_count=1, epochs=1, threads=1)
+    results = [run_gensim(token_file, s, tmp_path / "q.txt", 100),
+               run_fodl(token_file, s, tmp_path / "q.txt", 100, ["data.batch_size=512"])]
+    assert [r.vocab for r in results] == [40, 40]
+    assert results[0].extra["gensim_evaluator_total"] == pytest.approx(results[0].analogy["total"])
+    table = format_results(results, s, tokens, 100)
+    assert "| gensim" in table and "| fodl skip-gram" in table and "| topics |" in table
