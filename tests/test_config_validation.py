@@ -169,9 +169,10 @@ def test_bad_top_level_values(tmp_path, caplog, overrides, key, value):
         assert "data.seed" not in msg  # ${seed} copies are not reported again
 
 
-CHOICES = [("model=resnet", "model"), ("optimizer=adamw", "optimizer"), ("scheduler=linear", "scheduler"),
-           ("trainer=tpu", "trainer"), ("data=imagenet", "data"), ("logger=wandb", "logger"),
-           ("experiment=book/ch9_dqn", "experiment"), ("debug=verbose", "debug")]
+CHOICES = [("model=no_such_model", "model"), ("optimizer=no_such_optimizer", "optimizer"),
+           ("scheduler=no_such_schedule", "scheduler"), ("trainer=no_such_trainer", "trainer"),
+           ("data=no_such_dataset", "data"), ("logger=no_such_logger", "logger"),
+           ("experiment=book/no_such_experiment", "experiment"), ("debug=no_such_mode", "debug")]
 
 
 @pytest.mark.parametrize("override,group", CHOICES, ids=[c for c, _ in CHOICES])
@@ -181,9 +182,10 @@ def test_unknown_choices_list_the_options(tmp_path, override, group):
     with pytest.raises((MissingConfigException, ConfigCompositionException)) as e:
         compose_train([override], tmp_path / "run")
     msg = str(e.value)
-    assert f"'{group}/" in msg and f"Available options in '{group}'" in msg
-    known = sorted(p.stem for p in (CONF_DIR / group.split("/")[0]).glob("*.yaml"))
-    assert all(k in msg for k in known)
+    assert f"Could not find '{group}/{override.split('=')[1]}'" in msg
+    if group != "experiment":  # Hydra lists the options of a flat group (--help lists them all)
+        assert f"Available options in '{group}'" in msg
+        assert all(p.stem in msg for p in (CONF_DIR / group).glob("*.yaml"))
 
 
 def test_bad_values_are_all_named_at_once(tmp_path, caplog):

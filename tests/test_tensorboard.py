@@ -141,3 +141,20 @@ def test_runs_of_different_models_side_by_side(tmp_path, tiny_mnist):
     for model, g in by_model.items():
         run = next(sweep.glob(f"*_model={model}"))
         assert metric_values(g)["test/acc"] == pytest.approx(_finished(run)["test/acc"], rel=1e-6)
+
+
+def test_a_resumed_run_is_its_own_trial(tmp_path, tiny_mnist):
+    """A resume writes a new run directory that continues the curves (the old event files are
+    copied in); its trial has its own hyperparameters and end, not those of the run it
+    continues, whose directory still holds its own trial."""
+    train(train_cfg(tmp_path, tiny_mnist, "trainer.max_epochs=1", "test=false", run="first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    metrics = train(train_cfg(tmp_path, tiny_mnist, "trainer.max_epochs=2", f"ckpt_path={last}",
+                              run="resumed"))
+    (group,) = TensorBoard(tmp_path / "resumed").session_groups()
+    assert hparam_values(group)["trainer.max_epochs"] == 2
+    assert group["sessions"][0]["status"] == "STATUS_SUCCESS"
+    assert metric_values(group)["test/acc"] == pytest.approx(metrics["test/acc"], rel=1e-6)
+    both = {g["name"]: g for g in TensorBoard(tmp_path).session_groups()}
+    assert set(both) == {"first/tensorboard", "resumed/tensorboard"}
+    assert hparam_values(both["first/tensorboard"])["trainer.max_epochs"] == 1

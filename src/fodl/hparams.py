@@ -20,7 +20,9 @@ after that goes to a fresh event file that nothing would flush before the proces
 from __future__ import annotations
 
 import logging
+import os
 import time
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -138,6 +140,7 @@ class HParamsSession(L.Callback):
 
     def __init__(self, resolved: dict[str, Any], choices: dict[str, Any] | None = None) -> None:
         self.hparams = run_hparams(resolved, _hydra_choices() if choices is None else choices)
+        self._created = time.time()
         self._started = False
         self._ended = False
 
@@ -153,6 +156,8 @@ class HParamsSession(L.Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if not trainer.is_global_zero or self._started:
             return
+        for lg in self._tensorboards(trainer):
+            drop_copied_sessions(Path(lg.log_dir), before=self._created)
         self._write(trainer, session_start(self.hparams))
         self._started = True
 
@@ -177,6 +182,50 @@ class HParamsSession(L.Callback):
             if not isinstance(lg, TensorBoardLogger):
                 lg.log_hyperparams(self.hparams)
             lg.finalize(status)   # flush + close (TensorBoard); write files (CSV)
+
+
+def drop_copied_sessions(log_dir: Path, before: float) -> int:
+    """Remove the hparams session summaries from event files older than this run (those a
+    resumed run copied from the run it continues, to continue its curves). TensorBoard keeps
+    the *first* session info it reads in a run directory, so the old run's start (its
+    hyperparameters) and end (e.g. the crash that made the resume necessary) would stand for
+    this run. Scalars and everything else in those files are kept. Returns the files changed."""
+    from tensorboard.backend.event_processing.event_file_loader import RawEventFileLoader
+    from tensorboard.compat.proto import event_pb2
+    from tensorboard.summary.writer.record_writer import RecordWriter
+
+    changed = 0
+    for f in sorted(log_dir.glob("events.out.tfevents.*")) if log_dir.is_dir() else []:
+        if f.stat().st_mtime >= before:
+            continue  # this run's own file
+        records, dropped = [], False
+        for raw in RawEventFileLoader(str(f)).Load():
+            event = event_pb2.Event.FromString(raw)
+            if event.HasField("summary") and any(v.tag.startswith("_hparams_/") for v in event.summary.value):
+                keep = [v for v in event.summary.value if not v.tag.startswith("_hparams_/")]
+                dropped = True
+                if not keep:
+                    continue
+                del event.summary.value[:]
+                event.summary.value.extend(keep)
+                raw = event.SerializeToString()
+            records.append(raw)
+        if not dropped:
+            continue
+        tmp = f.with_name(f".{f.name}.part{os.getpid()}")
+        with open(tmp, "wb") as fh:
+            writer = RecordWriter(fh)
+            for raw in records:
+                writer.write(raw)
+            writer.flush()
+        stat = f.stat()
+        os.replace(tmp, f)
+        os.utime(f, (stat.st_atime, stat.st_mtime))  # still older than the run
+        changed += 1
+    if changed:
+        log.info("TensorBoard: %d copied event file(s) in %s no longer carry the resumed run's "
+                 "HPARAMS session (this run's is written now)", changed, log_dir)
+    return changed
 
 
 def finish_run(trainer: L.Trainer) -> None:
