@@ -43,6 +43,7 @@ class Lines:
     def __init__(self, proc: subprocess.Popen) -> None:
         self.lines: list[str] = []
         self.epochs = 0
+        self.times: list[float] = []  # when each epoch line arrived
         self.cond = threading.Condition()
         self.thread = threading.Thread(target=self._read, args=(proc,), daemon=True)
         self.thread.start()
@@ -53,6 +54,7 @@ class Lines:
                 self.lines.append(line)
                 if "[fodl.progress]" in line and " epoch " in line:
                     self.epochs += 1
+                    self.times.append(time.monotonic())
                 self.cond.notify_all()
 
     def wait_epochs(self, n: int, proc: subprocess.Popen, timeout: float = 600) -> bool:
@@ -140,8 +142,9 @@ def main() -> int:
         return 2
     ref_out.thread.join(5)
     run_s = time.monotonic() - t0
-    epoch_s = max(run_s / (args.epochs + 6), 0.2)  # rough: startup counts for a few epochs
-    print(f"uninterrupted run: {run_s:.1f} s")
+    gaps = sorted(b - a for a, b in zip(ref_out.times, ref_out.times[1:]))
+    epoch_s = gaps[len(gaps) // 2] if gaps else 1.0  # median epoch, validation and checkpoint
+    print(f"uninterrupted run: {run_s:.1f} s, {epoch_s:.2f} s per epoch")
 
     rng = random.Random(args.seed)
     for k in range(args.kills):
