@@ -10,9 +10,11 @@ epoch (first-layer filters), reading MNIST from paths.data_dir / $FODL_DATA_DIR.
 `tensorboard --logdir <logdir>` on a free port and takes, with headless Chromium (`apt-get install
 chromium`, or --chromium PATH):
 
-    docs/tensorboard_time_series.png   TIME SERIES: val/acc and train/loss of the five optimizers
+    docs/tensorboard_time_series.png   SCALARS: train/loss and val/acc of the five optimizers
     docs/tensorboard_hparams.png       HPARAMS: one trial per optimizer, with its test accuracy
     docs/tensorboard_filters.png       IMAGES: the CNN's first-layer filters (book figure 5-18)
+
+The README's pictures: --train --epochs 5 +trainer.limit_train_batches=100 (a shared 2-core CPU).
 
 Not part of the test suite (it needs Chromium); the claims in the pictures are tested through
 TensorBoard's own loader in tests/test_tensorboard.py and tests/test_ch4.py.
@@ -33,11 +35,12 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# (file, URL fragment, what must be loaded before the shot)
+# (file, the runs it shows: a folder under --logdir, dashboard URL fragment, window size)
 VIEWS = [
-    ("tensorboard_time_series.png", "#timeseries&tagFilter=val%2Facc%7Ctrain%2Floss%24", "scalars"),
-    ("tensorboard_hparams.png", "#hparams", "hparams"),
-    ("tensorboard_filters.png", "#images&tagFilter=filters&regexInput=filters", "images"),
+    ("tensorboard_time_series.png", "ch4_optimizers",
+     "#scalars&tagFilter=val%2Facc%7Ctrain%2Floss%24&_smoothingWeight=0", "1600,1000"),
+    ("tensorboard_hparams.png", "ch4_optimizers", "#hparams", "2100,700"),
+    ("tensorboard_filters.png", "mnist_cnn", "#images&tagFilter=filters", "1200,800"),
 ]
 
 
@@ -66,13 +69,12 @@ def get_json(url: str):
 
 
 def wait_loaded(base: str, timeout: float = 180) -> None:
-    """Until TensorBoard has read the runs: scalars, hparams sessions and images are served."""
+    """Until TensorBoard has read the runs (their scalars are served)."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            runs = get_json(base + "/data/runs")
-            images = get_json(base + "/data/plugin/images/tags")
-            if runs and any(images.values()):
+            scalars = get_json(base + "/data/plugin/scalars/tags")
+            if scalars and all(scalars.values()):
                 return
         except OSError:
             pass
@@ -96,7 +98,6 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=10, help="epochs of the chapter 4 sweep (--train)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser")
                     or shutil.which("google-chrome"))
-    ap.add_argument("--size", default="1600,1000", help="window width,height in pixels")
     ap.add_argument("--budget-ms", type=int, default=20000, help="virtual time for the page to render")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for --train")
     args = ap.parse_args()
@@ -110,19 +111,21 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
 
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
-    tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir),
-                           "--port", str(port), "--host", "127.0.0.1", "--load_fast", "false"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore"})
-    try:
-        wait_loaded(base)
-        for name, fragment, _ in VIEWS:
-            shoot(args.chromium, f"{base}/{fragment}", out / name, args.size, args.budget_ms)
-    finally:
-        tb.terminate()
-        tb.wait(timeout=30)
+    for name, runs, fragment, size in VIEWS:
+        if not (logdir / runs).is_dir():
+            raise SystemExit(f"{logdir / runs} does not exist: run with --train.")
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        tb = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", str(logdir / runs),
+                               "--port", str(port), "--host", "127.0.0.1", "--load_fast", "false"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                              env={**os.environ, "PYTHONWARNINGS": "ignore"})
+        try:
+            wait_loaded(base)
+            shoot(args.chromium, f"{base}/{fragment}", out / name, size, args.budget_ms)
+        finally:
+            tb.terminate()
+            tb.wait(timeout=30)
 
 
 if __name__ == "__main__":
