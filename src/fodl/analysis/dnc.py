@@ -166,7 +166,7 @@ def train_steps(c: Contestant, batches: list[CopyBatch], clip: float = 10.0,
         torch.nn.utils.clip_grad_norm_(c.net.parameters(), clip)
         c.opt.step()
         if record is not None:
-            record.append(float(loss))
+            record.append(loss.item())
 
 
 def copy_batches(n: int, batch: int, width: int, min_length: int, max_length: int, seed: int) -> list[CopyBatch]:
