@@ -347,6 +347,14 @@ def test_a_net_smaller_than_the_vocabulary_is_a_clear_error(tmp_path):
         train(_corpus_run(tmp_path, "model.net.vocab_size=10"))
 
 
+def test_training_without_analogies(tmp_path):
+    with pytest.raises(FodlError, match="monitor=train/loss monitor_mode=min"):
+        train(_corpus_run(tmp_path, "data.analogies=null"))
+    metrics = train(_corpus_run(tmp_path, "data.analogies=null", "monitor=train/loss",
+                                "monitor_mode=min", "trainer.max_epochs=1"))
+    assert "train/loss" in metrics and not any(k.startswith("val/analogy") for k in metrics)
+
+
 def test_text8_download_is_verified_before_it_is_kept(tmp_path, monkeypatch):
     def fake_download(urls, dest, md5=None):
         Path(dest).parent.mkdir(parents=True, exist_ok=True)
@@ -389,7 +397,13 @@ def test_real_imdb_corpus_and_google_analogies(tmp_path):
 
 @pytest.mark.skipif(importlib.util.find_spec("gensim") is None, reason="gensim not installed (.[bench])")
 def test_bench_word2vec_trains_both_on_one_token_file(tmp_path):
-    from fodl.analysis.word2vec_bench import Settings, format_results, run_fodl, run_gensim, write_token_file
+    from fodl.analysis.word2vec_bench import (
+        Settings,
+        format_results,
+        run_fodl,
+        run_gensim,
+        write_token_file,
+    )
 
     (tmp_path / "c.txt").write_text(_topic_corpus(100).replace("\n", "\n<br />"))
     token_file, tokens = write_token_file(tmp_path / "c.txt", tmp_path / "tokens.txt", strip_html=True)

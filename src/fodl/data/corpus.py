@@ -35,7 +35,7 @@ import torch
 from fodl.analysis.analogy import AnalogySet, encode_analogies, read_analogies
 from fodl.data.base import InMemoryDataModule, resolve_data_dir
 from fodl.data.download import cached, download, file_digest
-from fodl.data.loader import StepGroup
+from fodl.data.loader import TensorLoader
 from fodl.errors import FodlError
 from fodl.text.corpus import encode_corpus
 from fodl.text.vocab import UNK, Vocabulary
@@ -146,11 +146,10 @@ class SkipGramLoader:
         n = math.ceil(math.ceil(self.blocks / self.world_size) / self.blocks_per_batch)
         return n if self.max_batches is None else min(n, max(int(self.max_batches), 0))
 
-    def __len__(self) -> int:
-        return -(-self.num_batches() // self.steps_per_execution)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
+    # items per epoch, set_epoch and the grouping into StepGroups: as TensorLoader's
+    __len__ = TensorLoader.__len__
+    set_epoch = TensorLoader.set_epoch
+    __iter__ = TensorLoader.__iter__
 
     def _epoch_blocks(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """This epoch's kept stream, its documents, and this process's block order."""
@@ -187,19 +186,6 @@ class SkipGramLoader:
             u = torch.rand(len(pos) * m, generator=g, device=pos.device)
             negatives = torch.searchsorted(self.noise_cdf, u).clamp_(max=len(self.noise_cdf) - 1)
             yield SkipGramBatch(words, positive, negatives.view(len(pos), m), self.log_noise)
-
-    def __iter__(self) -> Iterator:
-        if self.steps_per_execution == 1:
-            yield from self._batches()
-            return
-        group = StepGroup()
-        for batch in self._batches():
-            group.append(batch)
-            if len(group) == self.steps_per_execution:
-                yield group
-                group = StepGroup()
-        if group:
-            yield group
 
 
 class AnalogyLoader:
@@ -448,6 +434,12 @@ class CorpusDataModule(L.LightningDataModule):
 
     def val_dataloader(self):
         return self._analogy_loader()
+
+    @staticmethod
+    def batch_tokens(batch: SkipGramBatch) -> int:
+        """Center words (stream tokens with at least one pair) in a training batch, for the
+        tokens/s of ``scripts/benchmark.py``."""
+        return int(batch.positive.any(-1).sum())
 
     def test_dataloader(self):
         return self._analogy_loader()

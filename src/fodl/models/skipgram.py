@@ -113,6 +113,16 @@ class SkipGramModule(FodlModule):
                             f"{self.net.vocab_size} rows (model.net.vocab_size). Set "
                             f"model.net.vocab_size >= {len(self.vocab)}, or lower data.max_size.")
 
+    def on_fit_start(self) -> None:
+        super().on_fit_start()
+        monitored = {getattr(cb, "monitor", None) for cb in self.trainer.callbacks}
+        wanted = sorted(m for m in monitored if isinstance(m, str) and m.startswith("val/analogy"))
+        if self.analogy is None and wanted:
+            raise FodlError(f"The checkpoint callback monitors {wanted[0]}, but this run has no "
+                            "analogy questions (data.analogies=null), so that metric is never "
+                            "logged. Give data.analogies the path of questions-words.txt, or "
+                            "monitor another metric: monitor=train/loss monitor_mode=min.")
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         super().on_save_checkpoint(checkpoint)
         if self.vocab is not None:  # plain lists: scripts/word_vectors.py reads them back
