@@ -33,15 +33,25 @@ def test_an_entry_without_target_is_an_error_not_dropped(tmp_path, tiny_mnist):
     assert "val/acc" in out
 
 
-def test_an_unexpected_error_is_written_to_the_run_log(tmp_path):
-    from conftest import make_mnist_like
-    make_mnist_like(tmp_path / "data")
-    r = run_script("train.py", [f"paths.data_dir={tmp_path / 'data'}", "data.val_size=200",
-                                "+trainer.limit_val_batches=nonsense"], tmp_path)
-    assert r.returncode != 0
-    (run,) = (tmp_path / "outputs" / "mnist_mlp" / "runs").iterdir()
-    logged = (run / "train.log").read_text()
-    assert "unexpected error" in logged and "Traceback" in logged and "limit_val_batches" in logged
+def test_an_unexpected_error_is_written_to_the_run_log(tmp_path, tiny_mnist):
+    """run_entry writes any non-FodlError exception with its traceback to the run's log (under
+    Hydra: train.log, a file handler on the root logger, as attached here), then re-raises."""
+    from fodl.train import run_entry
+
+    handler = logging.FileHandler(tmp_path / "train.log")
+    logging.getLogger().addHandler(handler)
+
+    def broken(cfg):
+        raise ZeroDivisionError("deep inside a run")
+
+    try:
+        with pytest.raises(ZeroDivisionError):
+            run_entry(broken, train_cfg(tmp_path, tiny_mnist, "trainer.max_epochs=1"))
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+    logged = (tmp_path / "train.log").read_text()
+    assert "unexpected error" in logged and "Traceback" in logged and "deep inside a run" in logged
 
 
 def test_processes_other_than_rank_zero_log_only_warnings_marked_with_their_rank():
