@@ -153,13 +153,17 @@ class AutoencoderModule(FodlModule):
     def training_loss(self, batch) -> torch.Tensor:
         x = batch[0]
         inputs = corrupt(x, self.noise_fraction) if self.noise_fraction else x
+        if self.sparsity:
+            z = self.net.encode(inputs)
+            x_hat = self.net.decode(z)
+        else:
+            x_hat = self.run_net(inputs)
+        loss = torch.linalg.vector_norm(x_hat - x.flatten(1), dim=1).mean()
         if not self.sparsity:
-            return torch.linalg.vector_norm(self.run_net(inputs) - x.flatten(1), dim=1).mean()
-        z = self.net.encode(inputs)
+            return loss
         penalty = sparsity_penalty(z, self.sparsity, self.sparsity_target)
         self._epoch_penalties.append(penalty.detach())
-        l2 = torch.linalg.vector_norm(self.net.decode(z) - x.flatten(1), dim=1).mean()
-        return l2 + self.sparsity_weight * penalty
+        return loss + self.sparsity_weight * penalty
 
     def on_train_epoch_end(self) -> None:
         super().on_train_epoch_end()
@@ -215,7 +219,7 @@ class AutoencoderModule(FodlModule):
         self._projector.clear()
         tensorboard(self.trainer).add_embedding(
             codes, metadata=labels.tolist(), label_img=_square_images(images),
-            global_step=self.global_step, tag="test/codes")
+            global_step=self.global_step, tag="test_codes")
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
         return self.net.encode(batch[0])
