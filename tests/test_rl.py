@@ -24,7 +24,7 @@ from fodl.rl.replay import ReplayBuffer  # noqa: E402
 from fodl.rl.returns import discounted_returns, normalize  # noqa: E402
 from fodl.rl.rollout import StepCollector  # noqa: E402
 from fodl.rl.schedule import LinearSchedule  # noqa: E402
-from fodl.train import train  # noqa: E402
+from fodl.train import evaluate, train  # noqa: E402
 
 
 def rl_cfg(tmp_path, *overrides: str, run: str = "run"):
@@ -296,6 +296,10 @@ def test_dqn_training_iteration_on_cartpole(tmp_path):
             "rollout/loss", "val/return", "test/return", "env/steps"} <= tags
     steps = [e.step for e in acc.Scalars("rollout/return")]
     assert steps == sorted(steps) and steps[-1] <= 80 + 15 * 16   # plotted against env steps
+    # scripts/eval.py: the checkpoint alone (config inside) replays the same test episodes
+    (best,) = (run / "checkpoints").glob("epoch*.ckpt")
+    ev = evaluate(compose_train([f"ckpt_path={best}"], tmp_path / "ev", config_name="eval"))
+    assert ev["test/return"] == pytest.approx(metrics["test/return"])
     # scripts/play.py: play the checkpoint and record a GIF
     from PIL import Image
 
@@ -385,6 +389,57 @@ def test_vector_envs_collect_in_parallel():
     envs.close()
 
 
+def test_episode_collector_with_vector_envs():
+    from fodl.rl.rollout import EpisodeCollector
+
+    envs = make_vector_env({"id": "CartPole-v1"}, 3)
+    col = EpisodeCollector(envs, seed=0)
+    batches = [col.collect(RandomAgent2(), 4) for _ in range(3)]
+    for b in batches:
+        lengths = [length for _, length in b["episodes"]]
+        assert len(lengths) == 4 and int(b["done"].sum()) == 4
+        assert len(b["reward"]) == len(b["obs"]) == len(b["action"]) == sum(lengths)
+        ends = torch.nonzero(b["done"]).squeeze(1).tolist()
+        assert ends == (np.cumsum(lengths) - 1).tolist()          # episodes laid end to end
+        assert [r for r, _ in b["episodes"]] == [float(n) for n in lengths]   # CartPole: +1 a step
+    assert col.episodes >= 12 and col.env_steps >= sum(len(b["reward"]) for b in batches)
+    envs.close()
+
+
+class RandomAgent2(RandomAgent):
+    def act(self, obs, generator, *, explore, env_steps, episodes):
+        return torch.randint(2, (obs.shape[0],), generator=generator)
+
+
+def test_evaluation_time_excludes_what_happens_between_episodes():
+    """Evaluation time is subtracted from training's env steps per second; Lightning stops after
+    len() episodes without exhausting the iterator, so only time spent playing may count."""
+    import gc
+    import time
+
+    from fodl.data.rl import EvalEpisodes
+
+    class Stub:
+        eval_seconds = 0.0
+        envs = make_vector_env({"id": "CartPole-v1"}, 2)
+
+        def agent(self):
+            return RandomAgent2()
+
+        def _eval_env(self, split):
+            return self.envs
+
+    stub = Stub()
+    it = iter(EvalEpisodes(stub, "val", 2, seed=0))
+    next(it)
+    time.sleep(0.3)   # e.g. a training epoch before the generator is collected
+    next(it)
+    del it
+    gc.collect()
+    assert 0 < stub.eval_seconds < 0.25
+    stub.envs.close()
+
+
 # -- Atari --------------------------------------------------------------------------------------
 def test_atari_preprocessing_output():
     pytest.importorskip("ale_py")
@@ -413,6 +468,7 @@ def test_atari_preprocessing_output():
     breakout.close()
 
 
+@pytest.mark.slow
 def test_pong_end_to_end_on_cpu(tmp_path):
     pytest.importorskip("ale_py")
     """The whole Atari path on the CPU: 1,500 Pong steps (500 at random, then 63 updates of the

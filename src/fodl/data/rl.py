@@ -137,15 +137,16 @@ class EvalEpisodes:
     def __iter__(self):
         from fodl.rl.rollout import run_episodes
 
+        # time spent playing (excluded from training's steps per second), counted item by item:
+        # Lightning stops after len() items without exhausting the generator
         t0 = time.perf_counter()
         agent = self.dm.agent()
         envs = self.dm._eval_env(self.split)
-        try:
-            for ret, length in run_episodes(agent, envs, self.n, self.seed,
-                                            torch.Generator().manual_seed(self.seed)):
-                yield {"return": torch.tensor(ret), "length": torch.tensor(float(length))}
-        finally:
+        for ret, length in run_episodes(agent, envs, self.n, self.seed,
+                                        torch.Generator().manual_seed(self.seed)):
             self.dm.eval_seconds += time.perf_counter() - t0
+            yield {"return": torch.tensor(ret), "length": torch.tensor(float(length))}
+            t0 = time.perf_counter()
 
 
 class ReplayDataModule(_EnvDataModule):
