@@ -241,8 +241,8 @@ def test_wrong_checkpoints_are_clear_errors(runs, tmp_path):
 @pytest.mark.realdata
 def test_book_autoencoder_learns_real_mnist(tmp_path):
     shared_file("mnist", "train-images-idx3-ubyte.gz")
-    cfg = train_cfg(tmp_path, SHARED_DATA, "model=autoencoder", "optimizer.lr=0.01",
-                    "trainer.max_epochs=1", "+trainer.limit_train_batches=150",
+    cfg = train_cfg(tmp_path, SHARED_DATA, "model=autoencoder", "optimizer.lr=0.02", "data.batch_size=250",
+                    "trainer.max_epochs=1", "+trainer.limit_train_batches=200",
                     "callbacks.parameter_summaries.every_n_epochs=100", "model.projector_size=0")
     metrics = train(cfg)
     # predicting the mean training image scores L2 7.21 / SSE 52.9 on the test set; PCA-30 3.66 / 13.9
