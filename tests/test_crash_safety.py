@@ -200,3 +200,17 @@ def test_sigkill_at_several_points_then_auto_resume_equals_uninterrupted(tmp_pat
     assert read_checkpoint(crashed)["epoch"] == 5, kills
     same, diff = cr.state_dicts_equal(ref, crashed)
     assert same, f"max abs difference {diff} after kills {kills}"
+
+
+def test_resuming_a_finished_run_reports_its_validation_metrics(tmp_path, tiny_mnist):
+    """A run killed after its last checkpoint (or relaunched with ckpt_path=auto once done) has
+    nothing left to train: the relaunch still reports the final weights' validation metrics,
+    so optimized_metric and metrics.json are there (it used to exit 2 with no metrics)."""
+    common = ("model=mnist_mlp", "test=false", "callbacks.parameter_summaries=null",
+              "trainer.max_epochs=2")
+    first = train(train_cfg(tmp_path, tiny_mnist, *common, run="first"))
+    last = tmp_path / "first" / "checkpoints" / "last.ckpt"
+    again = train(train_cfg(tmp_path, tiny_mnist, *common, f"ckpt_path={last}", run="again"))
+    assert again["val/acc"] == pytest.approx(first["val/acc"])
+    assert again["val/loss"] == pytest.approx(first["val/loss"], rel=1e-5)
+    assert (tmp_path / "again" / "metrics.json").is_file()

@@ -135,6 +135,13 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     metrics = _floats(trainer.callback_metrics)
+    if ckpt_path and not metrics:
+        # the resumed run had already finished (killed after its last checkpoint, or relaunched
+        # with ckpt_path=auto): report the validation metrics of its final weights
+        log.info("the resumed checkpoint had already reached trainer.max_epochs=%s: nothing left "
+                 "to train; validating its weights", trainer.max_epochs)
+        trainer.validate(model, datamodule=datamodule, verbose=False)
+        metrics = _floats(trainer.callback_metrics)
 
     if cfg.get("test"):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or None

@@ -119,7 +119,7 @@ class SkipGramLoader:
     Every epoch has the same number of minibatches, the one an epoch of the expected size has
     (sum of the keep probabilities): subsampling makes the kept stream a few tokens longer or
     shorter from epoch to epoch, so the last blocks of the shuffled order are left out, or a
-    few random blocks taken twice (a few in a million). Without subsampling, every block is
+    few random blocks taken twice (some 1e-4 of an epoch). Without subsampling, every block is
     used exactly once. Under DDP each process takes every ``world_size``-th block.
     """
 

@@ -206,7 +206,8 @@ class SkipGramModule(FodlModule):
 
     def _log_neighbours(self) -> None:
         """The book's printout: "Nearest neighbor of <word>: <8 words>" for the validation words."""
-        if self.vocab is None or not self.neighbours or not self.trainer.is_global_zero:
+        t = self.trainer
+        if self.vocab is None or not self.neighbours or not t.is_global_zero or t.sanity_checking:
             return
         lo = self.vocab.num_specials
         hi = min(len(self.vocab), lo + self.neighbours_from)
@@ -219,7 +220,7 @@ class SkipGramModule(FodlModule):
         log.info("epoch %d\n%s", self.current_epoch, "\n".join(lines))
         from fodl.callbacks import tensorboard
 
-        writer = tensorboard(self.trainer)
+        writer = tensorboard(t)
         if writer is not None:
             writer.add_text("nearest_neighbours", "  \n".join(lines), self.global_step)
 
