@@ -63,7 +63,6 @@ class AgentModule(FodlModule):
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val)
         self.log_every_env_steps = max(int(log_every_env_steps), 1)
         self.fused_optimizer = fused_optimizer
-        self._lean = False   # set at fit start (see _lean_step_ok)
         self.torch_threads = torch_threads
         self._saved_threads: int | None = None
         self.env_steps = 0                 # as of the current batch (from the data side)
@@ -91,44 +90,6 @@ class AgentModule(FodlModule):
         """Family-specific training scalars to write now, without the ``rollout/`` prefix
         (e.g. ``{"epsilon": ..., "q_mean": ...}``)."""
         return {}
-
-    # -- the optimisation step's plumbing -----------------------------------------------------
-    def on_fit_start(self) -> None:
-        super().on_fit_start()
-        self._lean = self._lean_step_ok()
-
-    def _lean_step_ok(self) -> bool:
-        """Whether Lightning's backward and clipping plumbing can be skipped without changing
-        anything: one device, 32-bit precision, and no callback or module hook listening to
-        ``on_before_backward`` / ``on_after_backward``. DQN takes an optimizer step per
-        minibatch of 64 (SB3 zoo's CartPole: 128 per update), where dispatching those hooks
-        to every callback cost more than the tiny net's backward pass."""
-        import lightning as L
-        from lightning.pytorch.plugins.precision import Precision
-        from lightning.pytorch.strategies import SingleDeviceStrategy
-        from lightning.pytorch.utilities.model_helpers import is_overridden
-
-        t = self.trainer
-        if type(t.precision_plugin) is not Precision or not isinstance(t.strategy, SingleDeviceStrategy):
-            return False
-        hooks = ("on_before_backward", "on_after_backward")
-        if any(is_overridden(h, self, parent=L.LightningModule) for h in hooks):
-            return False
-        return not any(is_overridden(h, cb, parent=L.Callback) for cb in t.callbacks for h in hooks)
-
-    def manual_backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
-        if getattr(self, "_lean", False) and not args and not kwargs:
-            loss.backward()   # what Lightning's path runs here, minus the hook dispatch
-            return
-        super().manual_backward(loss, *args, **kwargs)
-
-    def clip_gradients(self, optimizer, gradient_clip_val=None, gradient_clip_algorithm=None) -> None:
-        if getattr(self, "_lean", False) and gradient_clip_val and gradient_clip_algorithm in (None, "norm"):
-            # Lightning's 32-bit precision plugin runs exactly this
-            params = [p for group in optimizer.param_groups for p in group["params"]]
-            torch.nn.utils.clip_grad_norm_(params, gradient_clip_val)
-            return
-        super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     # -- optimizer and threads -------------------------------------------------------------
     def configure_optimizers(self):
