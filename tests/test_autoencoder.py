@@ -17,6 +17,7 @@ from fodl.errors import FodlError
 from fodl.models import AutoencoderModule
 from fodl.models.autoencoder import corrupt, eval_corrupt, sparsity_penalty
 from fodl.nets import Autoencoder
+from fodl.schema import check_config
 from fodl.train import train
 
 # a small net and a fast learning rate: tiny data trains in a few seconds
@@ -50,6 +51,30 @@ def test_net_options():
     assert abs(net.encoder[0].weight.std().item() - math.sqrt(2 / 16)) < 0.1
     with pytest.raises(ValueError, match="unknown init"):
         Autoencoder(init="xavier")
+    with pytest.raises(ValueError, match="unknown code_activation 'softmax'"):
+        Autoencoder(code_activation="softmax")
+
+
+def test_hinton_style_variant_layers():
+    """code_activation / hidden_activation / output_batch_norm change only the layers they name."""
+    torch.manual_seed(0)
+    net = Autoencoder(in_features=16, hidden=[8, 6], code_size=3, code_activation="linear",
+                      hidden_activation="relu", output_batch_norm=False)
+    acts = [type(m).__name__ for m in [*net.encoder, *net.decoder] if not isinstance(m, (nn.Linear, nn.BatchNorm1d))]
+    # encoder 16-8-6-3: relu, relu, linear code; decoder 3-6-8-16: relu, relu, (no norm) sigmoid
+    assert acts == ["ReLU", "ReLU", "Identity", "ReLU", "ReLU", "Identity", "Sigmoid"]
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in net.modules()) == 5  # not the output layer
+    assert isinstance(net.decoder[-2], nn.Identity) and isinstance(net.encoder[-2], nn.BatchNorm1d)
+    z = net.encode(torch.rand(64, 16))
+    assert (z < 0).any() and (z > 1).any()  # a linear code is not squashed into (0, 1)
+    # the output layer is sigmoid(xW + b): a large negative bias gives ~0 outputs whatever the batch
+    net.eval()
+    with torch.no_grad():
+        net.decoder[-3].bias.fill_(-20.0)
+    assert net(torch.rand(4, 16)).max() < 1e-6
+    # the same state-dict keys as the book's net (Identity keeps the layer indices)
+    book = Autoencoder(in_features=16, hidden=[8, 6], code_size=3)
+    assert set(net.state_dict()) < set(book.state_dict())
 
 
 # -- corruption and sparsity ----------------------------------------------------------------
@@ -131,6 +156,14 @@ def test_configs_select_the_book_setup(tmp_path):
     assert compose_train(["experiment=book/ch6_sparse"], tmp_path / "r").model.sparsity == "kl"
     fast = compose_train(["experiment=fast/autoencoder"], tmp_path / "r")
     assert fast.model.net.hidden == [1000, 500, 250] and fast.model.net.code_size == 30
+    lin = compose_train(["experiment=fast/autoencoder_linear_code"], tmp_path / "r").model.net
+    assert (lin.code_activation, lin.hidden_activation, lin.output_batch_norm) == ("linear", "relu", False)
+    assert lin.hidden == [1000, 500, 250] and lin.code_size == 30
+    with pytest.raises(FodlError, match="model.net.code_activation='softmax'.*'sigmoid', 'linear'"):
+        check_config(compose_train(["model=autoencoder", "model.net.code_activation=softmax"], tmp_path / "r"))
+    net = instantiate(cfg.model.net)  # the book's net is the default: sigmoid + batch norm everywhere
+    assert sum(isinstance(m, nn.Sigmoid) for m in net.modules()) == 8
+    assert sum(isinstance(m, nn.BatchNorm1d) for m in net.modules()) == 8
 
 
 # -- training through train() ---------------------------------------------------------------
