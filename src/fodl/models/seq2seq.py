@@ -218,6 +218,10 @@ class Seq2SeqModule(FodlModule):
 
     # -- vocabularies in checkpoints ---------------------------------------------------------
     def setup(self, stage: str) -> None:
+        if self._trainer is not None and self.trainer.world_size > 1:
+            raise FodlError(f"model=seq2seq_attention scores BLEU over the whole split in one "
+                            f"process, and this run has {self.trainer.world_size} "
+                            "(trainer.devices / num_nodes). Set trainer.devices=1.")
         dm = self.trainer.datamodule if self._trainer is not None else None
         if getattr(dm, "src_vocab", None) is None:
             return
