@@ -367,3 +367,40 @@ def test_bad_settings_are_named_before_anything_runs(tmp_path, override, named):
     data = ["data=babi"] if override.startswith("data.tasks") else []
     with pytest.raises(FodlError, match=named.replace(".", r"\.")):
         check_config(compose_train(["model=dnc", *data, override], tmp_path / "r"))
+
+
+def qa1_answers_from_inputs(words: list[str]) -> list[str]:
+    """Solve qa1 from the encoded word stream alone: track each person's last location
+    (statements are ``<person> <verb> [back] to the <place> .``) and answer each ``-`` with the
+    place of the person named in the question just before it."""
+    where, answers, sentence = {}, [], []
+    for w in words:
+        if w == STOP:
+            where[sentence[0]] = sentence[-1]
+            sentence = []
+        elif w == QUESTION:
+            asked, sentence = sentence[-1], []
+        elif w == ANSWER:
+            answers.append(where[asked])
+        elif w != "<pad>":
+            sentence.append(w)
+    return answers
+
+
+@pytest.mark.realdata
+def test_shared_qa1_batches_score_exactly_the_answer_of_each_question_asked(tmp_path):
+    """End to end on the real qa1 file: the net's input at each scored step is the whole story
+    up to that question, the scored steps are exactly the '-' steps, and the target there is
+    the place the asked person went to last (so a net at chance is not fed misaligned data)."""
+    shared_file("babi-en-10k.tar.gz")
+    dm = BabiDataModule(data_dir=str(SHARED_DATA), tasks=1, cache_dir=str(tmp_path), batch_size=64)
+    dm.setup()
+    checked = 0
+    for batch in (next(iter(dm.train_dataloader())), next(iter(dm.test_dataloader()))):
+        for x, y, scored in zip(batch.inputs, batch.targets, batch.answer):
+            words = dm.vocab.decode(x.tolist())
+            assert scored.tolist() == [w == ANSWER for w in words]
+            assert (y[~scored] == 0).all()
+            assert dm.vocab.decode(y[scored].tolist()) == qa1_answers_from_inputs(words)
+            checked += int(scored.sum())
+    assert checked == 5 * (64 + 100)  # five questions per qa1 story
