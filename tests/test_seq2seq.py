@@ -183,6 +183,21 @@ def test_attention_sums_to_one_and_is_zero_on_padding(attention):
     assert not torch.allclose(net(padded, torch.full((4,), 13), tgt), ref, atol=1e-4)
 
 
+@pytest.mark.parametrize("attention", ["general", "bahdanau"])
+def test_scaled_scores_divide_luong_scores_by_sqrt_of_the_decoder_size(attention):
+    scaled, plain = small_net(attention), small_net(attention, scaled_scores=False)
+    src, lengths = batch()
+    memory, _ = plain.encode(src, lengths)
+    query = torch.randn(4, 1, 16)
+    w_plain = torch.softmax(torch.bmm(query, memory.keys.transpose(1, 2)).masked_fill(
+        ~memory.mask.unsqueeze(1), float("-inf")) / (4.0 if attention == "general" else 1.0), -1)
+    if attention == "general":
+        assert torch.allclose(scaled.attn(query, memory)[1], w_plain, atol=1e-6)
+        assert not torch.allclose(plain.attn(query, memory)[1], w_plain, atol=1e-3)
+    else:  # additive scores are bounded by v . tanh(...): never scaled
+        assert torch.equal(scaled.attn(query, memory)[1], plain.attn(query, memory)[1])
+
+
 def test_dot_attention_needs_matching_sizes():
     with pytest.raises(ValueError, match="decoder_hidden_size"):
         Seq2SeqNet(20, 15, 8, 8, decoder_hidden_size=12, attention="dot")
