@@ -61,9 +61,17 @@ class InMemoryDataModule(L.LightningDataModule):
                 self.splits[split] = tensors
         return tensors
 
+    # text modules set this: batches per length-sorted pool (fodl.data.buckets.LengthBucketLoader)
+    bucket_batches: int | None = None
+
     def _loader(self, split: str, train: bool) -> TensorLoader:
         rank, world = self._dist()
-        loader = TensorLoader(
+        cls, extra = TensorLoader, {}
+        if self.bucket_batches is not None:
+            from fodl.data.buckets import LengthBucketLoader
+
+            cls, extra = LengthBucketLoader, {"bucket_batches": self.bucket_batches}
+        loader = cls(
             self._device_tensors(split),
             self.batch_size if train else self.eval_batch_size,
             # trainer.overfit_batches (debug=overfit): the same first batches every epoch
@@ -74,6 +82,7 @@ class InMemoryDataModule(L.LightningDataModule):
             world_size=world,
             epoch_fn=(lambda: self.trainer.current_epoch) if (train and self.trainer) else None,
             steps_per_execution=self.steps_per_execution if train else 1,
+            **extra,
         )
         if train and loader.steps_per_execution > 1 and self.trainer is not None:
             self._count_in_minibatches(loader)

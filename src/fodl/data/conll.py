@@ -25,7 +25,6 @@ from __future__ import annotations
 import gzip
 import hashlib
 import logging
-import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -34,7 +33,7 @@ import torch
 from fodl.data.base import InMemoryDataModule, resolve_data_dir
 from fodl.data.download import cached, download
 from fodl.errors import FodlError
-from fodl.text.corpus import decode
+from fodl.text.corpus import read_text_file
 from fodl.text.vectors import read_word2vec
 from fodl.text.vocab import Vocabulary
 from fodl.text.window import WindowFeaturizer
@@ -66,16 +65,8 @@ def read_conll(path: str | Path, columns: tuple[int, ...] = (2, 3)) -> list[Sent
     the same number of columns, one of ``columns``; anything else is a ``FodlError`` naming the
     file and line."""
     path = Path(path)
-    if not path.is_file():
-        raise FodlError(f"CoNLL file {path} does not exist.")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise FodlError(f"{path} is not a readable gzip file ({e}). Replace it with an intact "
-                            "copy (with data.download=true the official file is fetched).") from None
-    text = decode(str(path), raw)
+    text = read_text_file(path, "CoNLL file",
+                          " (with data.download=true the official file is fetched)")
     sentences: list[Sentence] = []
     words: list[str] = []
     tags: list[str] = []

@@ -267,18 +267,6 @@ class IMDBDataModule(InMemoryDataModule):
                  max(int(self.splits["test"][1].sum()), 1))
 
     # -- loaders -------------------------------------------------------------------------
-    def _loader(self, split: str, train: bool) -> LengthBucketLoader:
-        rank, world = self._dist()
-        loader = LengthBucketLoader(
-            self._device_tensors(split), self.batch_size if train else self.eval_batch_size,
-            bucket_batches=self.bucket_batches, shuffle=train, seed=self.seed, rank=rank,
-            world_size=world,
-            epoch_fn=(lambda: self.trainer.current_epoch) if (train and self.trainer) else None,
-            steps_per_execution=self.steps_per_execution if train else 1)
-        if train and loader.steps_per_execution > 1 and self.trainer is not None:
-            self._count_in_minibatches(loader)
-        return loader
-
     @staticmethod
     def batch_tokens(batch) -> int:
         """Review tokens (padding excluded) in a training batch (for tokens/s)."""

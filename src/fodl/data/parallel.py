@@ -30,12 +30,10 @@ pair's row in its split (for the reference sentences).
 
 from __future__ import annotations
 
-import gzip
 import hashlib
 import logging
 import re
 import unicodedata
-import zlib
 from collections import Counter
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,7 +44,7 @@ from fodl.data.base import InMemoryDataModule, resolve_data_dir
 from fodl.data.buckets import LengthBucketLoader
 from fodl.data.download import cached, download
 from fodl.errors import FodlError
-from fodl.text.corpus import decode
+from fodl.text.corpus import read_text_file
 from fodl.text.tokenize import word_tokenize
 from fodl.text.vocab import BOS, EOS, PAD, UNK, Vocabulary
 
@@ -70,16 +68,7 @@ MULTI30K_MD5 = {
 def read_lines(path: str | Path) -> list[str]:
     """The lines of a text file (plain or ``.gz``, UTF-8), without their line ends."""
     path = Path(path)
-    if not path.is_file():
-        raise FodlError(f"Parallel text file {path} does not exist.")
-    raw = path.read_bytes()
-    if path.suffix == ".gz":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as e:
-            raise FodlError(f"{path} is not a readable gzip file ({e}). Replace it with an intact "
-                            "copy.") from None
-    text = decode(str(path), raw)
+    text = read_text_file(path, "Parallel text file")
     lines = text.split("\n")
     if lines and lines[-1] == "":
         lines.pop()
@@ -311,18 +300,6 @@ class ParallelTextDataModule(InMemoryDataModule):
                  100 * float((test_tgt == unk).sum()) / max(int(self.splits["test"][3].sum()), 1))
 
     # -- loaders -------------------------------------------------------------------------
-    def _loader(self, split: str, train: bool) -> LengthBucketLoader:
-        rank, world = self._dist()
-        loader = LengthBucketLoader(
-            self._device_tensors(split), self.batch_size if train else self.eval_batch_size,
-            bucket_batches=self.bucket_batches, shuffle=train, seed=self.seed, rank=rank,
-            world_size=world,
-            epoch_fn=(lambda: self.trainer.current_epoch) if (train and self.trainer) else None,
-            steps_per_execution=self.steps_per_execution if train else 1)
-        if train and loader.steps_per_execution > 1 and self.trainer is not None:
-            self._count_in_minibatches(loader)
-        return loader
-
     @staticmethod
     def batch_tokens(batch) -> int:
         """Predicted target tokens in a training batch (``<bos>`` excluded; for tokens/s)."""

@@ -107,6 +107,23 @@ def decode(name: str, data: bytes, encoding: str = "utf-8", errors: str = "stric
                         "(e.g. utf-8, latin-1, cp1252).") from None
 
 
+def read_text_file(path: str | Path, what: str, fix: str = "") -> str:
+    """The UTF-8 text of a plain or ``.gz`` file; a ``FodlError`` names ``path`` (described as
+    ``what``, e.g. "CoNLL file") when it is missing, not gzip, or not UTF-8. ``fix`` is added to
+    the message of a damaged gzip file (e.g. how to fetch an intact copy)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FodlError(f"{what} {path} does not exist.")
+    raw = path.read_bytes()
+    if path.suffix == ".gz":
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as e:
+            raise FodlError(f"{path} is not a readable gzip file ({e}). Replace it with an intact "
+                            f"copy{fix}.") from None
+    return decode(str(path), raw)
+
+
 def iter_documents(path: str | Path, members: Sequence[str] | None = None, encoding: str = "utf-8",
                    errors: str = "strict", max_documents: int | None = None) -> Iterator[str]:
     """The non-empty lines of every source under ``path``, at most ``max_documents`` of them."""
