@@ -321,7 +321,8 @@ def test_training_logs_analogies_and_stores_the_vocabulary(tmp_path, capsys):
     capsys.readouterr()
     assert {"val/analogy_acc", "val/analogy/topics", "test/analogy_acc", "train/loss"} <= set(metrics)
     ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
-    assert ckpt["vocabulary"]["words"][0].startswith("t") and len(ckpt["vocabulary"]["words"]) == 40
+    words = ckpt["fodl_text"]["vocabularies"]["words"]["words"]
+    assert words[0].startswith("t") and len(words) == 40
 
     import importlib.util as iu
     spec = iu.spec_from_file_location("word_vectors", ROOT / "scripts" / "word_vectors.py")

@@ -80,9 +80,11 @@ def check_compatible(module: torch.nn.Module, ckpt: dict[str, Any], path: str | 
         )
 
 
-def load_module(path: str | Path, data_overrides: dict[str, Any] | None = None):
-    """Rebuild ``(module, datamodule_config, config)`` from a fodl checkpoint."""
-    ckpt = read_checkpoint(path)
+def load_module(path: str | Path, data_overrides: dict[str, Any] | None = None,
+                ckpt: dict[str, Any] | None = None):
+    """Rebuild ``(module, datamodule_config, config)`` from a fodl checkpoint (``ckpt``: its
+    contents, when already read)."""
+    ckpt = read_checkpoint(path) if ckpt is None else ckpt
     config = ckpt.get("fodl_config")
     if config is None:
         raise FodlError(
@@ -95,6 +97,21 @@ def load_module(path: str | Path, data_overrides: dict[str, Any] | None = None):
     module.load_state_dict(ckpt["state_dict"])
     data_cfg = OmegaConf.merge(cfg.data, data_overrides or {})
     return module, data_cfg, cfg
+
+
+def load_trained(path: str | Path, kind: type, what: str):
+    """The trained module of class ``kind`` in a checkpoint, in eval mode, with everything it
+    kept besides weights (a text family's vocabularies and tokenisation settings), so a CLI
+    needs only the file. ``what`` names the expected kind in the error for another family's
+    checkpoint, e.g. ``"POS tagger's (model=pos_tagger)"``."""
+    ckpt = read_checkpoint(path)
+    module, _, _ = load_module(path, ckpt=ckpt)
+    if not isinstance(module, kind):
+        raise FodlError(f"{path} is a {type(module).__name__} checkpoint, not a {what}.")
+    from fodl.text.pad import load_text_state
+
+    module.set_text_state(*load_text_state(ckpt, str(path)))
+    return module.eval()
 
 
 def load_run(path: str | Path, data_dir: str | None = None, stage: str = "test"):

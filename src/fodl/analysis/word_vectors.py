@@ -1,7 +1,7 @@
 """Word vectors from a skip-gram checkpoint: neighbours, analogies, TensorBoard projector, t-SNE.
 
 The logic behind ``scripts/word_vectors.py``. A skip-gram checkpoint holds the vocabulary
-(``checkpoint["vocabulary"]``, plain lists) next to the weights, so nothing here reads the
+(``checkpoint["fodl_text"]``, plain lists) next to the weights, so nothing here reads the
 corpus again.
 """
 
@@ -14,6 +14,7 @@ import torch
 from fodl.analysis.analogy import nearest_neighbours, solve_analogy
 from fodl.checkpoint import read_checkpoint
 from fodl.errors import FodlError
+from fodl.text.pad import TEXT_KEY, load_text_state, store_text_state
 from fodl.text.vocab import Vocabulary
 
 EMBEDDING_KEY = "net.in_embed.weight"
@@ -22,10 +23,12 @@ EMBEDDING_KEY = "net.in_embed.weight"
 def load_word_vectors(ckpt_path: str | Path) -> tuple[torch.Tensor, Vocabulary]:
     """``(vectors, vocabulary)`` of a skip-gram checkpoint: one row per vocabulary word."""
     ckpt = read_checkpoint(ckpt_path)
-    if EMBEDDING_KEY not in ckpt["state_dict"] or "vocabulary" not in ckpt:
+    if "vocabulary" in ckpt:  # written before the vocabulary moved to fodl_text (2026-11-23)
+        store_text_state(ckpt, {"words": Vocabulary.from_dict(ckpt["vocabulary"])})
+    if EMBEDDING_KEY not in ckpt["state_dict"] or TEXT_KEY not in ckpt:
         raise FodlError(f"{ckpt_path} is not a skip-gram checkpoint (it has no {EMBEDDING_KEY} "
                         "and vocabulary). Give a checkpoint of a model=skipgram run.")
-    vocab = Vocabulary.from_dict(ckpt["vocabulary"])
+    vocab = load_text_state(ckpt, str(ckpt_path))[0]["words"]
     return ckpt["state_dict"][EMBEDDING_KEY][: len(vocab)].float(), vocab
 
 

@@ -28,6 +28,7 @@ from torch import nn
 
 from fodl.data.loader import StepGroup
 from fodl.errors import FodlError
+from fodl.text.pad import TEXT_KEY, load_text_state, store_text_state
 
 # Attributes Lightning writes around every hook call (about 30 times per training step). They
 # hold strings / None, never parameters, buffers or modules, so nn.Module's bookkeeping in
@@ -288,15 +289,33 @@ class FodlModule(L.LightningModule):
         self._graph_shape = x.shape
 
     # -- checkpoints -------------------------------------------------------------------
+    # -- text families: vocabularies + tokenisation settings travel in every checkpoint --------
+    def text_state(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
+        """``(vocabularies by name, plain tokenisation settings)`` that a text family keeps in
+        its checkpoints (``fodl_text``), so that a CLI needs only the checkpoint; ``None``
+        (the default, and before ``setup``) keeps nothing."""
+        return None
+
+    def set_text_state(self, vocabularies: dict[str, Any], settings: dict[str, Any]) -> None:
+        """Take back what :meth:`text_state` stored (called on checkpoint load)."""
+        raise FodlError(f"{type(self).__name__} keeps no vocabulary, but its checkpoint has one "
+                        f"({TEXT_KEY!r}): the file was written by another model family.")
+
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the global RNG states (dropout, random masks, negative samples draw from
         them), so a resumed run continues the same random stream as an uninterrupted one.
-        Lightning keeps weights, optimizer, scheduler and loop state but not these."""
+        Lightning keeps weights, optimizer, scheduler and loop state but not these. A text
+        family's vocabularies go in too (:meth:`text_state`)."""
+        text = self.text_state()
+        if text is not None:
+            store_text_state(checkpoint, *text)
         checkpoint["fodl_rng"] = {"torch": torch.get_rng_state()}
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             checkpoint["fodl_rng"]["cuda"] = torch.cuda.get_rng_state_all()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if TEXT_KEY in checkpoint:
+            self.set_text_state(*load_text_state(checkpoint))
         rng = checkpoint.get("fodl_rng")
         if not rng or self._trainer is None or not self.trainer.training:
             return  # weights for testing / inference: leave the RNG alone

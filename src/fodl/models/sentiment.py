@@ -19,7 +19,6 @@ from torch import nn
 
 from fodl.errors import FodlError
 from fodl.models.classifier import ClassifierModule
-from fodl.text.pad import load_text_state, store_text_state
 from fodl.text.tokenize import get_tokenizer
 from fodl.text.vocab import Vocabulary
 
@@ -72,19 +71,11 @@ class TextClassifierModule(ClassifierModule):
                             "lower data.max_size.")
         self.vocab, self.text_settings = vocab, dict(dm.text_settings())
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.vocab is not None:
-            store_text_state(checkpoint, {"words": self.vocab}, self.text_settings)
+    def text_state(self):
+        return None if self.vocab is None else ({"words": self.vocab}, self.text_settings)
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "fodl_text" in checkpoint:
-            self.restore_text(checkpoint)
-
-    def restore_text(self, checkpoint: dict, source: str = "the checkpoint") -> None:
-        vocabs, self.text_settings = load_text_state(checkpoint, source)
-        self.vocab = vocabs["words"]
+    def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
+        self.vocab, self.text_settings = vocabs["words"], settings
 
     # -- inference on raw text ----------------------------------------------------------------
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -112,11 +103,6 @@ class TextClassifierModule(ClassifierModule):
 
 def load_text_classifier(path: str) -> TextClassifierModule:
     """A trained :class:`TextClassifierModule` with its vocabulary, from a checkpoint alone."""
-    from fodl.checkpoint import load_module, read_checkpoint
+    from fodl.checkpoint import load_trained
 
-    module, _, _ = load_module(path)
-    if not isinstance(module, TextClassifierModule):
-        raise FodlError(f"{path} is a {type(module).__name__} checkpoint, not a text classifier's "
-                        "(model=lstm_sentiment).")
-    module.restore_text(read_checkpoint(path), str(path))
-    return module.eval()
+    return load_trained(path, TextClassifierModule, "text classifier's (model=lstm_sentiment)")

@@ -31,7 +31,6 @@ from fodl.data.parallel import detokenize, tokenize_sentence
 from fodl.errors import FodlError
 from fodl.models.base import FodlModule
 from fodl.nets.seq2seq import Decoded, Seq2SeqNet, beam_search, greedy_decode
-from fodl.text.pad import load_text_state, store_text_state
 from fodl.text.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -242,20 +241,13 @@ class Seq2SeqModule(FodlModule):
         self.text_settings = dict(dm.text_settings())
         self._refs, self._srcs = dm.references, dm.sources
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.src_vocab is not None:
-            store_text_state(checkpoint, {"src": self.src_vocab, "tgt": self.tgt_vocab},
-                             self.text_settings)
+    def text_state(self):
+        if self.src_vocab is None:
+            return None
+        return {"src": self.src_vocab, "tgt": self.tgt_vocab}, self.text_settings
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "fodl_text" in checkpoint:
-            self.restore_text(checkpoint)
-
-    def restore_text(self, checkpoint: dict, source: str = "the checkpoint") -> None:
-        vocabs, self.text_settings = load_text_state(checkpoint, source)
-        self.src_vocab, self.tgt_vocab = vocabs["src"], vocabs["tgt"]
+    def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
+        self.src_vocab, self.tgt_vocab, self.text_settings = vocabs["src"], vocabs["tgt"], settings
         self.net.num_words = min(len(self.tgt_vocab), self.net.tgt_vocab_size)
 
     # -- raw text ------------------------------------------------------------------------------
@@ -280,14 +272,9 @@ class Seq2SeqModule(FodlModule):
 
 def load_translator(path: str) -> Seq2SeqModule:
     """A trained :class:`Seq2SeqModule` with its vocabularies, from a checkpoint alone."""
-    from fodl.checkpoint import load_module, read_checkpoint
+    from fodl.checkpoint import load_trained
 
-    module, _, _ = load_module(path)
-    if not isinstance(module, Seq2SeqModule):
-        raise FodlError(f"{path} is a {type(module).__name__} checkpoint, not a translator's "
-                        "(model=seq2seq_attention).")
-    module.restore_text(read_checkpoint(path), str(path))
-    return module.eval()
+    return load_trained(path, Seq2SeqModule, "translator's (model=seq2seq_attention)")
 
 
 __all__ = ["Seq2SeqModule", "Seq2SeqNet", "corpus_bleu", "load_translator"]

@@ -107,10 +107,11 @@ class SequenceModule(FodlModule):
                             f"has width={getattr(dm, 'width', None)}: use data=copy, and let "
                             "model.width follow data.width.")
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.vocab is not None:
-            checkpoint["vocabulary"] = self.vocab.to_dict()
+    def text_state(self):
+        return None if self.vocab is None else ({"words": self.vocab}, {})
+
+    def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
+        self.vocab = vocabs["words"]
 
     # -- losses -------------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, batch) -> torch.Tensor:

@@ -123,10 +123,11 @@ class SkipGramModule(FodlModule):
                             "logged. Give data.analogies the path of questions-words.txt, or "
                             "monitor another metric: monitor=train/loss monitor_mode=min.")
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.vocab is not None:  # plain lists: scripts/word_vectors.py reads them back
-            checkpoint["vocabulary"] = self.vocab.to_dict()
+    def text_state(self):
+        return None if self.vocab is None else ({"words": self.vocab}, {})
+
+    def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
+        self.vocab = vocabs["words"]
 
     # -- training --------------------------------------------------------------------------
     def training_loss(self, batch) -> torch.Tensor:

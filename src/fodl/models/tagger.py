@@ -28,7 +28,6 @@ from fodl.callbacks import tensorboard
 from fodl.data.conll import BOOK_SENTENCE
 from fodl.errors import FodlError
 from fodl.models.classifier import ClassifierModule
-from fodl.text.pad import load_text_state, store_text_state
 from fodl.text.tokenize import treebank_tokenize
 from fodl.text.vocab import Vocabulary
 from fodl.text.window import WindowFeaturizer
@@ -83,19 +82,14 @@ class TaggerModule(ClassifierModule):
             log.info("word embeddings: %d of %d rows initialised from %s", n,
                      len(feat.words), dm.vectors)
 
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        super().on_save_checkpoint(checkpoint)
-        if self.featurizer is not None:
-            store_text_state(checkpoint, {**self.featurizer.vocabularies(), "tags": self.tags},
-                             {**self.featurizer.settings(), "tokenizer": "treebank"})
+    def text_state(self):
+        if self.featurizer is None:
+            return None
+        return ({**self.featurizer.vocabularies(), "tags": self.tags},
+                {**self.featurizer.settings(), "tokenizer": "treebank"})
 
-    def on_load_checkpoint(self, checkpoint: dict) -> None:
-        super().on_load_checkpoint(checkpoint)
-        if "fodl_text" in checkpoint:
-            self.restore_text(checkpoint)
-
-    def restore_text(self, checkpoint: dict, source: str = "the checkpoint") -> None:
-        vocabs, settings = load_text_state(checkpoint, source)
+    def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
+        vocabs = dict(vocabs)
         self.tags = vocabs.pop("tags")
         self.featurizer = WindowFeaturizer.from_state(vocabs, settings)
 
@@ -175,14 +169,9 @@ class TaggerModule(ClassifierModule):
 
 def load_tagger(path: str) -> TaggerModule:
     """A trained :class:`TaggerModule` with its vocabularies, from a checkpoint alone."""
-    from fodl.checkpoint import load_module, read_checkpoint
+    from fodl.checkpoint import load_trained
 
-    module, _, _ = load_module(path)
-    if not isinstance(module, TaggerModule):
-        raise FodlError(f"{path} is a {type(module).__name__} checkpoint, not a POS tagger's "
-                        "(model=pos_tagger).")
-    module.restore_text(read_checkpoint(path), str(path))
-    return module.eval()
+    return load_trained(path, TaggerModule, "POS tagger's (model=pos_tagger)")
 
 
 def evaluate_checkpoint(path: str, data_dir: str | None = None) -> dict:
