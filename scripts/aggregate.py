@@ -12,9 +12,10 @@ import argparse
 import sys
 
 from fodl.analysis.aggregate import report
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", help="a multirun directory, e.g. outputs/multiruns/<time>")
@@ -22,11 +23,7 @@ def main() -> int:
                     help="override keys pooled rather than grouped by (default: seed)")
     ap.add_argument("--out", default=None, help="where to write aggregate.md/.csv (default: SWEEP_DIR)")
     args = ap.parse_args()
-    try:
-        rep = report(args.sweep_dir, exclude=args.exclude)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    rep = report(args.sweep_dir, exclude=args.exclude)
     md, cs = rep.write(args.out)
     print(rep.markdown())
     print(f"wrote {md} and {cs}")

@@ -17,9 +17,10 @@ import sys
 
 from fodl.analysis.autoencoder import compare
 from fodl.config import default_data_dir
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ae2", help="checkpoint of an autoencoder with a 2-d code")
@@ -33,12 +34,8 @@ def main() -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--data-dir", default=default_data_dir())
     args = ap.parse_args()
-    try:
-        result = compare(args.out, args.ae2, args.ae30, args.denoising, args.data_dir, args.knn_k,
-                         args.noise_fraction, args.n_scatter, seed=args.seed)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = compare(args.out, args.ae2, args.ae30, args.denoising, args.data_dir, args.knn_k,
+                     args.noise_fraction, args.n_scatter, seed=args.seed)
     print(result.markdown())
     for path in result.figures:
         print(f"wrote {path}")

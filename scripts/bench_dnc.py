@@ -19,9 +19,10 @@ from pathlib import Path
 import torch
 
 from fodl.analysis.dnc import copy_batches, ours, package, plot_curves, speed, train_steps
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--memory", type=int, default=64)
@@ -43,14 +44,10 @@ def main(argv=None) -> int:
     if a.threads:
         torch.set_num_threads(a.threads)
     sizes = (a.width, a.hidden, a.memory, a.word, a.heads)
-    try:
-        torch.manual_seed(a.seed)
-        contestants = {"fodl DNC": ours(*sizes, lr=a.lr)}
-        torch.manual_seed(a.seed)
-        contestants["dnc package"] = package(*sizes, lr=a.lr)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    torch.manual_seed(a.seed)
+    contestants = {"fodl DNC": ours(*sizes, lr=a.lr)}
+    torch.manual_seed(a.seed)
+    contestants["dnc package"] = package(*sizes, lr=a.lr)
     if a.compile:
         torch.manual_seed(a.seed)
         contestants["fodl DNC, compiled"] = ours(*sizes, lr=a.lr, compile=True)

@@ -18,9 +18,10 @@ import sys
 from fodl.analysis.tagging import nltk_perceptron
 from fodl.config import default_data_dir
 from fodl.data.conll import CoNLLDataModule
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--ckpt", help="a pos_tagger checkpoint to score beside NLTK")
@@ -31,21 +32,17 @@ def main() -> int:
     ap.add_argument("--full-train", action="store_true", help="train NLTK on all training sentences")
     ap.add_argument("--iterations", type=int, default=5, help="perceptron passes (NLTK's default 5)")
     args = ap.parse_args()
-    try:
-        dm = CoNLLDataModule(args.data_dir, layout=args.layout, val_size=0 if args.full_train else args.val_size,
-                             split_seed=args.split_seed, download=False)
-        sents = dm.sentences()
-        rows = []
-        r = nltk_perceptron(sents["train"], sents["test"], args.iterations)
-        rows.append((f"NLTK averaged perceptron ({args.iterations} passes, {len(sents['train'])} "
-                     f"training sentences, {r['train_s']:.0f} s to train)", r))
-        if args.ckpt:
-            from fodl.models.tagger import evaluate_checkpoint
+    dm = CoNLLDataModule(args.data_dir, layout=args.layout, val_size=0 if args.full_train else args.val_size,
+                         split_seed=args.split_seed, download=False)
+    sents = dm.sentences()
+    rows = []
+    r = nltk_perceptron(sents["train"], sents["test"], args.iterations)
+    rows.append((f"NLTK averaged perceptron ({args.iterations} passes, {len(sents['train'])} "
+                 f"training sentences, {r['train_s']:.0f} s to train)", r))
+    if args.ckpt:
+        from fodl.models.tagger import evaluate_checkpoint
 
-            rows.append((f"fodl pos_tagger ({args.ckpt})", evaluate_checkpoint(args.ckpt, args.data_dir)))
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        rows.append((f"fodl pos_tagger ({args.ckpt})", evaluate_checkpoint(args.ckpt, args.data_dir)))
     print("\n| tagger | test accuracy | unknown-word accuracy | unknown tokens |")
     print("|---|---|---|---|")
     for name, r in rows:

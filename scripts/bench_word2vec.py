@@ -33,9 +33,10 @@ from fodl.analysis.word2vec_bench import (  # noqa: E402
     write_token_file,
 )
 from fodl.config import default_data_dir  # noqa: E402
-from fodl.errors import FodlError  # noqa: E402
+from fodl.errors import reports_errors  # noqa: E402
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-dir", default=default_data_dir())
@@ -61,21 +62,17 @@ def main() -> int:
     questions = Path(args.questions) if args.questions else data / "word2vec" / "questions-words.txt"
     work = Path(args.work_dir or os.environ.get("FODL_CACHE_DIR") or Path.home() / ".cache" / "fodl")
     token_file = work / f"w2v-{corpus.name}-{args.max_documents or 'all'}.txt"
-    try:
-        if not token_file.exists():
-            write_token_file(corpus, token_file, members, strip_html=imdb, max_documents=args.max_documents)
-        tokens = sum(len(line.split()) for line in open(token_file, encoding="utf-8"))
-        print(f"token file {token_file} ({tokens:,} tokens)", flush=True)
-        results = []
-        if not args.skip_gensim:
-            results.append(run_gensim(token_file, s, questions, args.restrict, args.gensim_input))
-            print(f"{results[-1].name}: {results[-1].train_s:.1f} s", flush=True)
-        if not args.skip_fodl:
-            results.append(run_fodl(token_file, s, questions, args.restrict, args.overrides))
-            print(f"{results[-1].name}: {results[-1].train_s:.1f} s", flush=True)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    if not token_file.exists():
+        write_token_file(corpus, token_file, members, strip_html=imdb, max_documents=args.max_documents)
+    tokens = sum(len(line.split()) for line in open(token_file, encoding="utf-8"))
+    print(f"token file {token_file} ({tokens:,} tokens)", flush=True)
+    results = []
+    if not args.skip_gensim:
+        results.append(run_gensim(token_file, s, questions, args.restrict, args.gensim_input))
+        print(f"{results[-1].name}: {results[-1].train_s:.1f} s", flush=True)
+    if not args.skip_fodl:
+        results.append(run_fodl(token_file, s, questions, args.restrict, args.overrides))
+        print(f"{results[-1].name}: {results[-1].train_s:.1f} s", flush=True)
     print()
     print(format_results(results, s, tokens, args.restrict))
     return 0

@@ -12,20 +12,17 @@ from pathlib import Path
 
 from fodl.analysis.compare import plot, table
 from fodl.analysis.tblogs import read_run
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", help="run directories (with metrics.json and tensorboard/)")
     ap.add_argument("--out", default="outputs/figures/compare.png")
     ap.add_argument("--title", default="Training curves")
     args = ap.parse_args()
-    try:
-        runs = [read_run(Path(r)) for r in args.runs]
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    runs = [read_run(Path(r)) for r in args.runs]
     out = Path(args.out)
     plot(runs, out, title=args.title)
     md = table(runs)

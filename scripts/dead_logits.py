@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from fodl.checkpoint import load_run
-from fodl.errors import FodlError
+from fodl.errors import FodlError, reports_errors
 
 
 @torch.no_grad()
@@ -38,18 +38,15 @@ def dead_units(ckpt: Path, data_dir: str | None) -> tuple[int, float, list[int],
     return cfg.seed, acc, dead, worst, float(alive[worst]), recall
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir")
     ap.add_argument("--data-dir", default=None)
     args = ap.parse_args()
     rows = []
-    try:
-        for ckpt in sorted(Path(args.sweep_dir).glob("*/checkpoints/last.ckpt")):
-            rows.append(dead_units(ckpt, args.data_dir))
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    for ckpt in sorted(Path(args.sweep_dir).glob("*/checkpoints/last.ckpt")):
+        rows.append(dead_units(ckpt, args.data_dir))
     if not rows:
         print(f"error: no */checkpoints/last.ckpt under {args.sweep_dir}", file=sys.stderr)
         return 2

@@ -16,9 +16,10 @@ import sys
 from pathlib import Path
 
 from fodl.analysis.dnc import generalisation, generalisation_table, plot_generalisation
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("checkpoints", nargs="+", help="LABEL=path/to.ckpt (or a path: labelled by its model)")
@@ -30,11 +31,7 @@ def main(argv=None) -> int:
     for i, item in enumerate(args.checkpoints):
         label, sep, path = item.partition("=")
         ckpts[label if sep else f"model {i + 1}"] = path if sep else item
-    try:
-        result = generalisation(ckpts, tuple(args.factors), args.sequences)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    result = generalisation(ckpts, tuple(args.factors), args.sequences)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "generalisation.json").write_text(json.dumps(result, indent=1))
     plot_generalisation(result, args.out / "generalisation.png")

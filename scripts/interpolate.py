@@ -21,7 +21,7 @@ from hydra.utils import instantiate
 
 from fodl.analysis.interpolation import alpha_grid, interpolate
 from fodl.checkpoint import load_run
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
 def run(ckpt: str, out: Path, seed: int = 0, step: float = 0.01, data_dir: str | None = None) -> dict:
@@ -55,6 +55,7 @@ def run(ckpt: str, out: Path, seed: int = 0, step: float = 0.01, data_dir: str |
     return {"cost_random": at[0.0], "cost_trained": at[1.0], "alphas": alphas, "costs": costs}
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt")
@@ -64,11 +65,7 @@ def main() -> int:
     ap.add_argument("--data-dir", default=os.environ.get("FODL_DATA_DIR"))
     args = ap.parse_args()
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "interpolation"
-    try:
-        r = run(args.ckpt, out, args.seed, args.step, args.data_dir)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    r = run(args.ckpt, out, args.seed, args.step, args.data_dir)
     print(f"test cost at alpha=0 (random init): {r['cost_random']:.4f}   (book: 2.38)")
     print(f"test cost at alpha=1 (trained):     {r['cost_trained']:.4f}   (book: 0.0805)")
     print(f"wrote {out}/interpolation.png, interpolation.csv, tensorboard/")

@@ -10,11 +10,12 @@ import json
 import sys
 from pathlib import Path
 
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 from fodl.rl.play import play
 
 
-def main() -> None:
+@reports_errors
+def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("ckpt", type=Path)
     p.add_argument("--episodes", type=int, default=3)
@@ -30,16 +31,13 @@ def main() -> None:
     p.add_argument("--max-steps", type=int, default=None, help="cut episodes at this many steps")
     a = p.parse_args()
     out = None if a.no_video else (a.out or a.ckpt.parent / "play.gif")
-    try:
-        result = play(a.ckpt, a.episodes, out, a.seed, a.epsilon, a.fps, a.every, a.scale, a.max_steps)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2) from None
+    result = play(a.ckpt, a.episodes, out, a.seed, a.epsilon, a.fps, a.every, a.scale, a.max_steps)
     for ep in result["episodes"]:
         print(json.dumps(ep))
     if result["video"]:
         print(f"video: {result['video']}")
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -12,20 +12,17 @@ from pathlib import Path
 
 from fodl.analysis.compare import plot, table
 from fodl.analysis.tblogs import latest, read_sweep
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("sweep_dir", nargs="?", help="default: newest dir under outputs/ch4_optimizers")
     ap.add_argument("--out", help="where to write optimizers.png / optimizers.md (default: the sweep dir)")
     args = ap.parse_args()
-    try:
-        sweep = Path(args.sweep_dir) if args.sweep_dir else latest(Path("outputs/ch4_optimizers"))
-        runs = read_sweep(sweep)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    sweep = Path(args.sweep_dir) if args.sweep_dir else latest(Path("outputs/ch4_optimizers"))
+    runs = read_sweep(sweep)
     out = Path(args.out) if args.out else sweep
     png = plot(runs, out / "optimizers.png")
     md = table(runs)

@@ -9,23 +9,20 @@ Treebank tokens (``do n't``, ``John 's``, punctuation apart) as CoNLL-2000 is.
 import argparse
 import sys
 
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt", help="a pos_tagger checkpoint (outputs/pos_tagger/runs/<time>/checkpoints/*.ckpt)")
     ap.add_argument("sentences", nargs="+", help="raw sentences to tag")
     args = ap.parse_args()
-    try:
-        from fodl.models.tagger import load_tagger
+    from fodl.models.tagger import load_tagger
 
-        tagger = load_tagger(args.ckpt)
-        for s in args.sentences:
-            print(" ".join(f"{w}/{t}" for w, t in tagger.tag_text(s)))
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    tagger = load_tagger(args.ckpt)
+    for s in args.sentences:
+        print(" ".join(f"{w}/{t}" for w, t in tagger.tag_text(s)))
     return 0
 
 

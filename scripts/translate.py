@@ -11,9 +11,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from fodl.errors import FodlError
+from fodl.errors import FodlError, reports_errors
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt", help="a seq2seq_attention checkpoint (outputs/seq2seq_attention/runs/<time>/checkpoints/*.ckpt)")
@@ -23,39 +24,35 @@ def main() -> int:
     ap.add_argument("--length-penalty", type=float, default=None, help="GNMT alpha (default: the checkpoint's)")
     ap.add_argument("--heatmap", metavar="PNG", default=None, help="write the attention matrix as a PNG")
     args = ap.parse_args()
-    try:
-        import torch
+    import torch
 
-        torch.set_num_threads(1)
-        from fodl.models.seq2seq import attention_figure, load_translator
+    torch.set_num_threads(1)
+    from fodl.models.seq2seq import attention_figure, load_translator
 
-        model = load_translator(args.ckpt)
-        if args.beam_size is not None:
-            if args.beam_size < 1:
-                raise FodlError(f"--beam-size {args.beam_size}: give at least 1.")
-            model.beam_size = args.beam_size
-        if args.length_penalty is not None:
-            model.length_penalty = args.length_penalty
-        out = model.translate(args.sentences, beam=not args.greedy, attention=bool(args.heatmap))
-        for text, _ in out:
-            print(text)
-        if args.heatmap:
-            if out[0][1] is None:
-                raise FodlError("This model has no attention (model.net.attention=none): there is "
-                                "no heatmap to draw.")
-            import matplotlib.pyplot as plt
+    model = load_translator(args.ckpt)
+    if args.beam_size is not None:
+        if args.beam_size < 1:
+            raise FodlError(f"--beam-size {args.beam_size}: give at least 1.")
+        model.beam_size = args.beam_size
+    if args.length_penalty is not None:
+        model.length_penalty = args.length_penalty
+    out = model.translate(args.sentences, beam=not args.greedy, attention=bool(args.heatmap))
+    for text, _ in out:
+        print(text)
+    if args.heatmap:
+        if out[0][1] is None:
+            raise FodlError("This model has no attention (model.net.attention=none): there is "
+                            "no heatmap to draw.")
+        import matplotlib.pyplot as plt
 
-            path = Path(args.heatmap)
-            for i, (sentence, (_, weights)) in enumerate(zip(args.sentences, out)):
-                words = model.tgt_vocab.decode(model.last_decoded.tokens[i]) + ["<eos>"]
-                fig = attention_figure(weights, model.source_tokens(sentence) + ["<eos>"], words)
-                dest = path if len(out) == 1 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
-                fig.savefig(dest, dpi=100)
-                plt.close(fig)
-                print(f"attention heatmap: {dest}", file=sys.stderr)
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        path = Path(args.heatmap)
+        for i, (sentence, (_, weights)) in enumerate(zip(args.sentences, out)):
+            words = model.tgt_vocab.decode(model.last_decoded.tokens[i]) + ["<eos>"]
+            fig = attention_figure(weights, model.source_tokens(sentence) + ["<eos>"], words)
+            dest = path if len(out) == 1 else path.with_name(f"{path.stem}-{i + 1}{path.suffix}")
+            fig.savefig(dest, dpi=100)
+            plt.close(fig)
+            print(f"attention heatmap: {dest}", file=sys.stderr)
     return 0
 
 

@@ -15,7 +15,7 @@ import torch
 
 from fodl.analysis.embedding import penultimate_features, tsne
 from fodl.checkpoint import load_run
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
 def run(ckpt: str, out: Path, n: int = 2000, seed: int = 0, data_dir: str | None = None) -> Path:
@@ -43,6 +43,7 @@ def run(ckpt: str, out: Path, n: int = 2000, seed: int = 0, data_dir: str | None
     return out
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("ckpt")
@@ -52,11 +53,7 @@ def main() -> int:
     ap.add_argument("--data-dir", default=os.environ.get("FODL_DATA_DIR"))
     args = ap.parse_args()
     out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "tsne.png"
-    try:
-        print(f"wrote {run(args.ckpt, out, args.n, args.seed, args.data_dir)}")
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    print(f"wrote {run(args.ckpt, out, args.n, args.seed, args.data_dir)}")
     return 0
 
 

@@ -29,9 +29,10 @@ from fodl.analysis.word_vectors import (
     tsne_plot,
 )
 from fodl.config import default_data_dir
-from fodl.errors import FodlError
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
@@ -62,26 +63,22 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     run_dir = Path(args.ckpt).resolve().parent.parent
 
-    try:
-        vectors, vocab = load_word_vectors(args.ckpt)
-        if args.cmd == "neighbours":
-            print("\n".join(neighbours(vectors, vocab, [w.lower() for w in args.words], args.k)))
-        elif args.cmd == "analogy":
-            for word, sim in analogy(vectors, vocab, args.a.lower(), args.b.lower(), args.c.lower(),
-                                     args.k, args.restrict):
-                print(f"{word}\t{sim:.3f}")
-        elif args.cmd == "evaluate":
-            aset = encode_analogies(read_analogies(args.questions), vocab.words, args.restrict,
-                                    skip=vocab.num_specials)
-            print(format_analogies(evaluate_analogies(vectors, aset)))
-        elif args.cmd == "projector":
-            out = export_projector(vectors, vocab, args.out or run_dir / "projector", args.n)
-            print(f"wrote {out}; view with: tensorboard --logdir {out}  (PROJECTOR tab)")
-        else:
-            print(f"wrote {tsne_plot(vectors, vocab, args.out or run_dir / 'tsne_words.png', args.n, args.seed)}")
-    except FodlError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    vectors, vocab = load_word_vectors(args.ckpt)
+    if args.cmd == "neighbours":
+        print("\n".join(neighbours(vectors, vocab, [w.lower() for w in args.words], args.k)))
+    elif args.cmd == "analogy":
+        for word, sim in analogy(vectors, vocab, args.a.lower(), args.b.lower(), args.c.lower(),
+                                 args.k, args.restrict):
+            print(f"{word}\t{sim:.3f}")
+    elif args.cmd == "evaluate":
+        aset = encode_analogies(read_analogies(args.questions), vocab.words, args.restrict,
+                                skip=vocab.num_specials)
+        print(format_analogies(evaluate_analogies(vectors, aset)))
+    elif args.cmd == "projector":
+        out = export_projector(vectors, vocab, args.out or run_dir / "projector", args.n)
+        print(f"wrote {out}; view with: tensorboard --logdir {out}  (PROJECTOR tab)")
+    else:
+        print(f"wrote {tsne_plot(vectors, vocab, args.out or run_dir / 'tsne_words.png', args.n, args.seed)}")
     return 0
 
 

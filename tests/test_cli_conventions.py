@@ -1,7 +1,7 @@
 """Everyday conventions: `--help` lists what there is, and scripts find data only where the user
 says (paths.data_dir / FODL_DATA_DIR)."""
 
-from conftest import run_script
+from conftest import ROOT, run_script
 from fodl.catalog import description, options
 from fodl.config import CONF_DIR, default_data_dir
 
@@ -54,3 +54,25 @@ def test_scripts_find_data_only_where_the_user_says(tmp_path, monkeypatch):
     assert default_data_dir() == str(tmp_path / "root" / "data")
     monkeypatch.setenv("FODL_DATA_DIR", str(tmp_path / "mine"))
     assert default_data_dir() == str(tmp_path / "mine")
+
+
+def test_every_script_reports_user_errors_the_same_way():
+    """Scripts end a FodlError with `error: <paragraph>` on stderr and status 2, through one
+    decorator rather than a try/except copy each."""
+    from fodl.errors import FodlError, reports_errors
+
+    @reports_errors
+    def main(fail: bool) -> int:
+        if fail:
+            raise FodlError("data.path=x does not exist: give the folder of the files.")
+        return 0
+
+    import contextlib
+    import io
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(False) == 0 and main(True) == 2
+    assert err.getvalue() == "error: data.path=x does not exist: give the folder of the files.\n"
+    copies = [p.name for p in (ROOT / "scripts").glob("*.py") if "except FodlError" in p.read_text()]
+    assert copies == [], f"use @reports_errors instead of a try/except in {copies}"

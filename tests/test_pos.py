@@ -283,7 +283,7 @@ def test_tag_cli(trained, tmp_path, monkeypatch, capsys):
     # errors: one line, no trace (in-process: a second interpreter start costs ~30 s here)
     tag = runpy.run_path(str(ROOT / "scripts" / "tag.py"))
     monkeypatch.setattr(sys, "argv", ["tag.py", str(tmp_path / "nope.ckpt"), "x"])
-    assert tag["main"]() == 1
+    assert tag["main"]() == 2
     assert "does not exist" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["tag.py", str(trained[1]), ""])
     assert tag["main"]() == 0 and capsys.readouterr().out == "\n"  # nothing to tag

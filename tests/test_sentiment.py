@@ -270,7 +270,7 @@ def test_classify_cli(trained, tmp_path, monkeypatch, capsys):
     assert [x[0] for x in lines] == ["pos", "neg"] and all(0.5 < float(x[1]) <= 1 for x in lines)
     cli = runpy.run_path(str(ROOT / "scripts" / "classify.py"))
     monkeypatch.setattr(sys, "argv", ["classify.py", str(tmp_path / "nope.ckpt"), "x"])
-    assert cli["main"]() == 1 and "does not exist" in capsys.readouterr().err
+    assert cli["main"]() == 2 and "does not exist" in capsys.readouterr().err
 
 
 def test_benchmark_plain_loop_gets_the_same_batches(tmp_path):

@@ -399,7 +399,7 @@ def test_translate_cli(trained, tmp_path, monkeypatch, capsys):
     assert (tmp_path / "att-1.png").read_bytes()[:4] == b"\x89PNG" and (tmp_path / "att-2.png").is_file()
     cli = runpy.run_path(str(ROOT / "scripts" / "translate.py"))
     monkeypatch.setattr(sys, "argv", ["translate.py", str(tmp_path / "nope.ckpt"), "x"])
-    assert cli["main"]() == 1 and "does not exist" in capsys.readouterr().err
+    assert cli["main"]() == 2 and "does not exist" in capsys.readouterr().err
     monkeypatch.setattr(sys, "argv", ["translate.py", str(ckpt), "a b c", "--greedy"])
     assert cli["main"]() == 0 and capsys.readouterr().out.strip() == "m l k"
 

@@ -1,5 +1,11 @@
 """User-facing errors: one paragraph naming the file/option and the fix, never a deep trace."""
 
+from __future__ import annotations
+
+import functools
+import sys
+from typing import Any, Callable
+
 
 class FodlError(RuntimeError):
     """A problem with the user's input (data, config, checkpoint) that has a known fix.
@@ -7,3 +13,19 @@ class FodlError(RuntimeError):
     The entry points catch it and print only the message, so the message must say
     what is wrong, which file or option, and what to do about it.
     """
+
+
+def reports_errors(main: Callable[..., int | None]) -> Callable[..., int]:
+    """Decorate a script's ``main``: a :class:`FodlError` ends it with its message as one
+    ``error: ...`` paragraph on stderr and exit status 2 (bad input: the message says the fix),
+    never a traceback. Other exit statuses stay the script's own (1: it ran, the result failed)."""
+
+    @functools.wraps(main)
+    def run(*args: Any, **kwargs: Any) -> int:
+        try:
+            return main(*args, **kwargs) or 0
+        except FodlError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+
+    return run
