@@ -127,6 +127,24 @@ def test_sparsity_adds_its_penalty_to_the_loss_and_gradient(tmp_path, kind):
     torch.testing.assert_close(decoder_out.weight.grad, plain.net.decoder[-3].weight.grad)
 
 
+def test_bce_loss_is_the_pixel_cross_entropy_and_trains(tmp_path):
+    torch.manual_seed(0)
+    module = _module(tmp_path, "model.loss=bce")
+    x = torch.rand(8, 1, 28, 28)
+    x_hat = module.net(x)
+    expected = -(x.flatten(1) * x_hat.log() + (1 - x.flatten(1)) * (1 - x_hat).log()).sum(1).mean()
+    assert module.training_loss((x, None)).item() == pytest.approx(expected.item(), rel=1e-5)
+    opt = torch.optim.Adam(module.parameters(), 1e-2)
+    losses = []
+    for _ in range(30):
+        opt.zero_grad()
+        loss = module.training_loss((x, None))
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.9 * losses[0]
+
+
 def test_bad_options_are_clear_errors(tmp_path):
     def error(*overrides) -> str:
         with pytest.raises(Exception) as info:  # Hydra's InstantiationException wraps it
@@ -138,6 +156,7 @@ def test_bad_options_are_clear_errors(tmp_path):
     assert "model.sparsity='dense': choose l1, kl" in error("model.sparsity=dense")
     assert "positive model.sparsity_weight" in error("model.sparsity=kl")
     assert "model.noise_fraction=1.5" in error("model.noise_fraction=1.5")
+    assert "model.loss='mse': choose l2" in error("model.loss=mse")
     assert "model.cuda_graph=false" in error("model.sparsity=l1", "model.sparsity_weight=1",
                                              "model.cuda_graph=true")
     with pytest.raises(FodlError, match="encode"):
