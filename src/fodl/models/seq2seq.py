@@ -129,7 +129,9 @@ class Seq2SeqModule(FodlModule):
 
     # -- evaluation --------------------------------------------------------------------------
     def _eval_start(self, stage: str) -> None:
-        self._eval[stage] = {"nll": 0.0, "tokens": 0, "hyps": {}}
+        # per sentence index: under DDP each process sees a shard (padded with repeats to equal
+        # sizes); keyed by index, the merged results count every sentence exactly once
+        self._eval[stage] = {"nll": {}, "tokens": {}, "hyps": {}}
 
     def on_validation_epoch_start(self) -> None:
         self._eval_start("val")
@@ -141,11 +143,12 @@ class Seq2SeqModule(FodlModule):
         src, src_len, tgt, _ = self._cut(batch)
         index = batch[4]
         logits = self.net(src, src_len, tgt[:, :-1])
-        nll = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), tgt[:, 1:].reshape(-1),
-                              ignore_index=self.net.pad_id, reduction="sum")
+        nll = F.cross_entropy(logits.transpose(1, 2), tgt[:, 1:], ignore_index=self.net.pad_id,
+                              reduction="none").sum(1)
         acc = self._eval[stage]
-        acc["nll"] += float(nll)
-        acc["tokens"] += int((tgt[:, 1:] != self.net.pad_id).sum())
+        ids = index.tolist()
+        acc["nll"].update(zip(ids, nll.tolist()))
+        acc["tokens"].update(zip(ids, (tgt[:, 1:] != self.net.pad_id).sum(1).tolist()))
         if self.tgt_vocab is None:
             return
         modes = [self.decode] if stage == "val" else (
@@ -161,11 +164,29 @@ class Seq2SeqModule(FodlModule):
     def test_step(self, batch, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 
-    def _eval_end(self, stage: str) -> None:
+    def _merged(self, stage: str) -> dict[str, Any] | None:
+        """This stage's per-sentence results, merged over all processes under DDP (BLEU is a
+        corpus statistic: every process scores the whole split, from the same hypotheses)."""
         acc = self._eval.get(stage)
+        world = self.trainer.world_size if self._trainer is not None else 1
+        if acc is None or world == 1 or not torch.distributed.is_initialized():
+            return acc
+        parts: list[Any] = [None] * world
+        torch.distributed.all_gather_object(parts, acc)
+        merged: dict[str, Any] = {"nll": {}, "tokens": {}, "hyps": {}}
+        for part in parts:
+            merged["nll"].update(part["nll"])
+            merged["tokens"].update(part["tokens"])
+            for mode, hyps in part["hyps"].items():
+                merged["hyps"].setdefault(mode, {}).update(hyps)
+        return merged
+
+    def _eval_end(self, stage: str) -> None:
+        acc = self._merged(stage)
         if not acc or not acc["tokens"]:
             return
-        loss = acc["nll"] / acc["tokens"]
+        order = sorted(acc["tokens"])
+        loss = sum(acc["nll"][i] for i in order) / max(sum(acc["tokens"][i] for i in order), 1)
         self.log(f"{stage}/loss", loss, prog_bar=stage == "val")
         self.log(f"{stage}/ppl", math.exp(min(loss, 50.0)))
         refs = self._refs.get(stage)
@@ -217,10 +238,6 @@ class Seq2SeqModule(FodlModule):
 
     # -- vocabularies in checkpoints ---------------------------------------------------------
     def setup(self, stage: str) -> None:
-        if self._trainer is not None and self.trainer.world_size > 1:
-            raise FodlError(f"model=seq2seq_attention scores BLEU over the whole split in one "
-                            f"process, and this run has {self.trainer.world_size} "
-                            "(trainer.devices / num_nodes). Set trainer.devices=1.")
         dm = self.trainer.datamodule if self._trainer is not None else None
         if getattr(dm, "src_vocab", None) is None:
             return
