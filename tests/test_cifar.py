@@ -217,3 +217,44 @@ def test_validation_sees_the_evaluation_view_during_fit(tmp_path, tiny_cifar):
     views = evaluate_view(train_x, 24)
     # no training image comes through as its evaluation view (it is randomly distorted)
     assert not any(torch.allclose(seen["train"][0], v, atol=1e-4) for v in views)
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_fast_recipe_runs_its_one_cycle_to_the_end(tmp_path, tiny_cifar, k):
+    """experiment=fast/cifar_cnn_bn: the one-cycle schedule's length is filled in from the
+    run (optimizer steps, grouped minibatches counted one by one, a short last group too), so
+    it ends exactly at the last step (OneCycleLR raises on a step past its end; a longer one
+    would stop before its floor)."""
+    from fodl.checkpoint import read_checkpoint
+
+    cfg = compose_train(["experiment=fast/cifar_cnn_bn", f"paths.data_dir={tiny_cifar}", *FAST,
+                         "data.val_size=50", "data.batch_size=10", "trainer.max_epochs=2",
+                         f"data.steps_per_execution={k}", "test=false"], tmp_path / "r")
+    assert cfg.model.label_smoothing == 0.1 and cfg.model.scheduler_interval == "step"
+    train(cfg)
+    ckpt = read_checkpoint(tmp_path / "r" / "checkpoints" / "last.ckpt")
+    (sched,) = ckpt["lr_schedulers"]
+    steps = 2 * -(-(60 * 5 - 50) // 10)  # tiny_cifar: 300 training images, 50 held out
+    # every optimizer step was scheduled: the last one ran at the cycle's floor (index steps-1)
+    assert sched["total_steps"] == steps and sched["last_epoch"] == steps
+    assert sched["_schedule_phases"][-1]["end_step"] == steps - 1
+
+
+def test_label_smoothing_changes_only_the_training_loss(tmp_path, tiny_cifar):
+    from hydra.utils import instantiate
+
+    def module(eps):
+        torch.manual_seed(0)
+        return instantiate(compose_train(["model=cifar_cnn_bn", f"model.label_smoothing={eps}"],
+                                         tmp_path / "r").model)
+
+    plain, smooth = module(0.0), module(0.1)
+    x, y = torch.rand(8, 3, 24, 24), torch.arange(8)
+    logits = plain.net.eval()(x)
+    smooth.net.eval()
+    expected = 0.9 * torch.nn.functional.cross_entropy(logits, y) - 0.1 * logits.log_softmax(-1).mean(-1).mean()
+    assert smooth.training_loss((x, y)).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert plain.training_loss((x, y)).item() == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
+    with pytest.raises(Exception, match="label_smoothing=1.5"):
+        module(1.5)

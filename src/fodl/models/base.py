@@ -325,6 +325,20 @@ class FodlModule(L.LightningModule):
             torch.cuda.set_rng_state_all(cuda)
 
     # -- optimisation --------------------------------------------------------------------
+    def scheduler_horizon(self) -> int:
+        """How many times the scheduler will be stepped in this run: optimizer steps (grouped
+        minibatches counted one by one) with ``scheduler_interval="step"``, else epochs. A
+        scheduler config with ``total_steps: null`` gets this."""
+        t = self.trainer
+        if self.scheduler_interval != "step":
+            return max(1, int(t.max_epochs))
+        lightning_steps = int(t.estimated_stepping_batches)  # also loads the train loader
+        per_epoch = getattr(t.train_dataloader, "num_batches", None)  # fodl's loaders
+        if per_epoch is not None and (t.max_steps is None or t.max_steps < 0) and t.max_epochs > 0:
+            return max(1, per_epoch() * t.max_epochs)  # a short last group counts what it holds
+        dm = t.datamodule
+        return max(1, lightning_steps * (getattr(dm, "steps_per_execution", 1) if dm else 1))
+
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise FodlError(f"{type(self).__name__} was built without an optimizer: give "
@@ -332,7 +346,10 @@ class FodlModule(L.LightningModule):
         optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
         if not self.scheduler_factory:  # None, or an empty `scheduler: none` node
             return optimizer
-        scheduler = self.scheduler_factory(optimizer=optimizer)
+        filled = {}
+        if getattr(self.scheduler_factory, "keywords", {}).get("total_steps", 0) is None:
+            filled["total_steps"] = self.scheduler_horizon()  # one-cycle, linear decay
+        scheduler = self.scheduler_factory(optimizer=optimizer, **filled)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": self.scheduler_interval},

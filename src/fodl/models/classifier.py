@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from fodl.errors import FodlError
 from fodl.models.base import FodlModule
 
 
@@ -18,6 +19,8 @@ class ClassifierModule(FodlModule):
     Args:
         net: a plain ``nn.Module`` mapping a batch of inputs to logits.
         num_classes: for the accuracy metrics.
+        label_smoothing: of the training cross-entropy (0: none; validation and test losses
+            are plain cross-entropy either way).
         optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph: the shared
             training loop's settings (:class:`~fodl.models.base.FodlModule`).
 
@@ -34,10 +37,15 @@ class ClassifierModule(FodlModule):
         num_classes: int = 10,
         gradient_clip_val: float | None = None,
         cuda_graph: bool = False,
+        label_smoothing: float = 0.0,
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
+        if not 0.0 <= label_smoothing < 1.0:
+            raise FodlError(f"model.label_smoothing={label_smoothing}: give a value in [0, 1), "
+                            "e.g. 0.1 (0: plain cross-entropy).")
         self.net = net
+        self.label_smoothing = label_smoothing
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
@@ -46,7 +54,7 @@ class ClassifierModule(FodlModule):
 
     def training_loss(self, batch) -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(self.run_net(x), y)
+        return F.cross_entropy(self.run_net(x), y, label_smoothing=self.label_smoothing)
 
     def _eval_step(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch

@@ -40,7 +40,7 @@ class LinearDecayLR(torch.optim.lr_scheduler.LRScheduler):
     """word2vec's learning-rate schedule: linear from the optimizer's rate down to
     ``end_factor`` times it over ``total_steps`` optimizer steps, then flat. Step it per
     minibatch (``model.scheduler_interval=step``). ``total_steps=None``: the training module
-    fills in the run's number of steps (:meth:`SkipGramModule.configure_optimizers`)."""
+    fills in the run's number of steps (:meth:`~fodl.models.base.FodlModule.scheduler_horizon`)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, end_factor: float = 1e-4 / 0.025,
                  total_steps: int | None = None, last_epoch: int = -1) -> None:
@@ -158,10 +158,6 @@ class SkipGramModule(FodlModule):
         opt = conf["optimizer"] if isinstance(conf, dict) else conf
         if self.net.sparse:
             _check_sparse_optimizer(opt)
-        sched = conf["lr_scheduler"]["scheduler"] if isinstance(conf, dict) else None
-        if isinstance(sched, LinearDecayLR) and sched.total_steps is None:
-            k = getattr(self.trainer.datamodule, "steps_per_execution", 1) if self.trainer.datamodule else 1
-            sched.total_steps = max(1, int(self.trainer.estimated_stepping_batches) * k)
         return conf
 
     # -- evaluation ------------------------------------------------------------------------
