@@ -77,6 +77,20 @@ def test_hinton_style_variant_layers():
     assert set(net.state_dict()) < set(book.state_dict())
 
 
+def test_hidden_dropout_sits_after_hidden_layers_only():
+    net = Autoencoder(in_features=16, hidden=[8, 6], code_size=3, hidden_dropout=0.2)
+    kinds = [[type(m).__name__ for m in part] for part in (net.encoder, net.decoder)]
+    # per part: two hidden layers (Linear, BatchNorm1d, act, Dropout), then code / output
+    for k in kinds:
+        assert k.count("Dropout") == 2 and k[-1] != "Dropout" and k[3] == k[7] == "Dropout"
+    net.eval()
+    x = torch.rand(4, 16)
+    assert torch.equal(net(x), net(x))  # off in evaluation
+    assert not any(isinstance(m, nn.Dropout) for m in Autoencoder(16, [8, 6], 3).modules())
+    with pytest.raises(ValueError, match="hidden_dropout"):
+        Autoencoder(16, [8], 3, hidden_dropout=1.0)
+
+
 # -- corruption and sparsity ----------------------------------------------------------------
 def test_corruption_drops_exactly_the_fraction_per_image():
     x = torch.rand(64, 1, 28, 28) * 0.9 + 0.1  # no zero pixels before

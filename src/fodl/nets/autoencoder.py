@@ -42,6 +42,9 @@ class Autoencoder(nn.Module):
             output layer is Hinton & Salakhutdinov's logistic layer; with it, a pixel that is
             always black needs its batch-norm scale near 0 and shift near -5, which Adam at
             1e-3 takes thousands of steps to reach.
+        hidden_dropout: dropout after the activation of every hidden layer (not the code, not
+            the output). 0 (the book): none, and no Dropout modules, so checkpoints keep the
+            same keys.
 
     ``encode(x)`` gives codes ``(B, code_size)``, ``decode(z)`` flat reconstructions
     ``(B, in_features)``, ``forward(x) = decode(encode(x))``.
@@ -56,6 +59,7 @@ class Autoencoder(nn.Module):
         code_activation: Activation = "sigmoid",
         hidden_activation: Activation = "sigmoid",
         output_batch_norm: bool = True,
+        hidden_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if code_size < 1 or any(h < 1 for h in hidden):
@@ -65,13 +69,16 @@ class Autoencoder(nn.Module):
         for name, act in (("code_activation", code_activation), ("hidden_activation", hidden_activation)):
             if act not in ACTIVATIONS:
                 raise ValueError(f"unknown {name} {act!r}; choose one of {tuple(ACTIVATIONS)}")
+        if not 0.0 <= hidden_dropout < 1.0:
+            raise ValueError(f"hidden_dropout must be in [0, 1), got {hidden_dropout}")
         sizes = [in_features, *hidden, code_size]
         n = len(sizes) - 1
         self.in_features = in_features
         self.code_size = code_size
-        self.encoder = _stack(sizes, [hidden_activation] * (n - 1) + [code_activation])
+        self.encoder = _stack(sizes, [hidden_activation] * (n - 1) + [code_activation],
+                              dropout=hidden_dropout)
         self.decoder = _stack(sizes[::-1], [hidden_activation] * (n - 1) + ["sigmoid"],
-                              last_norm=output_batch_norm)
+                              last_norm=output_batch_norm, dropout=hidden_dropout)
         if init == BOOK_INIT:
             with torch.no_grad():
                 for m in self.modules():
@@ -91,10 +98,13 @@ class Autoencoder(nn.Module):
         return self.decoder(self.encoder(x.flatten(1)))
 
 
-def _stack(sizes: Sequence[int], activations: Sequence[str], last_norm: bool = True) -> nn.Sequential:
+def _stack(sizes: Sequence[int], activations: Sequence[str], last_norm: bool = True,
+           dropout: float = 0.0) -> nn.Sequential:
     layers: list[nn.Module] = []
     n = len(activations)
     for i, (a, b, act) in enumerate(zip(sizes[:-1], sizes[1:], activations)):
         norm = nn.BatchNorm1d(b, eps=1e-3, momentum=0.1) if last_norm or i < n - 1 else nn.Identity()
         layers += [nn.Linear(a, b), norm, ACTIVATIONS[act]()]
+        if dropout and i < n - 1:
+            layers.append(nn.Dropout(dropout))
     return nn.Sequential(*layers)
