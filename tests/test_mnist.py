@@ -100,3 +100,29 @@ def test_wrong_shape_is_named(tmp_path):
     write_idx(root / "mnist" / "t10k-images-idx3-ubyte.gz", np.zeros((50, 32, 32), dtype=np.uint8))
     with pytest.raises(FodlError, match=r"t10k-images.*\(50, 32, 32\).*\(N, 28, 28\)"):
         MNISTDataModule(data_dir=str(root), val_size=10).setup()
+
+
+@pytest.mark.parametrize("standardize", [False, True])
+def test_shift_moves_training_images_only_by_at_most_k_pixels(tiny_mnist, standardize):
+    dm = MNISTDataModule(tiny_mnist, val_size=200, shift=2, standardize=standardize, seed=3)
+    dm.setup("fit")
+    x = dm.splits["train"][0][:64]
+    assert torch.equal(dm.transform(x, train=False), x)
+    moved = dm.transform(x, train=True)
+    background = x.amin()  # 0, or the standardized 0
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2), value=float(background))
+    offsets = []
+    for i in range(len(x)):  # each image is its original under one offset in [-2, 2]^2
+        hits = [(dy, dx) for dy in range(5) for dx in range(5)
+                if torch.equal(padded[i, :, dy:dy + 28, dx:dx + 28], moved[i])]
+        assert hits, i
+        offsets.append(hits[0])
+    assert len(set(offsets)) > 5  # images get different offsets
+    # the stream is a function of (seed, epoch): the same draw again, another with another seed
+    again = MNISTDataModule(tiny_mnist, val_size=200, shift=2, standardize=standardize, seed=3)
+    assert torch.equal(again.transform(x, train=True), moved)
+    other = MNISTDataModule(tiny_mnist, val_size=200, shift=2, standardize=standardize, seed=4)
+    assert not torch.equal(other.transform(x, train=True), moved)
+    with pytest.raises(FodlError, match="data.shift=20"):
+        MNISTDataModule(tiny_mnist, shift=20)

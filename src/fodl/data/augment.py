@@ -24,6 +24,17 @@ def random_crop(x: torch.Tensor, size: int, generator: torch.Generator) -> torch
              torch.arange(x.shape[1], device=x.device)[None, :, None, None], rows, cols]
 
 
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator,
+                 fill: float = 0.0) -> torch.Tensor:
+    """Each image moved by its own whole-pixel offset in ``[-max_shift, max_shift]`` on each
+    axis, the uncovered border set to ``fill`` (the background)."""
+    if max_shift <= 0:
+        return x
+    s = int(max_shift)
+    padded = torch.nn.functional.pad(x, (s, s, s, s), value=fill)
+    return random_crop(padded, x.shape[-1], generator)
+
+
 def center_crop(x: torch.Tensor, size: int) -> torch.Tensor:
     h, w = x.shape[-2:]
     top, left = (h - size) // 2, (w - size) // 2

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fodl.data.loader import StepGroup, TensorLoader
+from fodl.data.loader import StepGroup, TensorLoader, derive_seed
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -107,6 +107,34 @@ class InMemoryDataModule(L.LightningDataModule):
             t.limit_train_batches = 1.0
         if isinstance(every, int):
             t.val_check_interval = -(-every // k)
+
+    # -- batched, on-device transforms (augmentation) ---------------------------------------
+    def transform(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        """Inputs of an ``(x, y)`` batch after the transfer to the device (on the GPU when
+        training there): the place for augmentation. The default leaves them alone."""
+        return x
+
+    def on_after_batch_transfer(self, batch, dataloader_idx: int):
+        if type(self).transform is InMemoryDataModule.transform:
+            return batch
+        train = self.trainer is not None and self.trainer.training
+        if self.is_group(batch):
+            return StepGroup((self.transform(x, train), y) for x, y in batch)
+        x, y = batch
+        return self.transform(x, train), y
+
+    def augmentation_generator(self, device: torch.device) -> torch.Generator:
+        """The augmentation stream of this (seed, epoch, process): re-seeded at each epoch, so
+        a run resumed from an epoch's checkpoint draws exactly the distortions the
+        uninterrupted run drew (no generator state to save), and ranks draw differently."""
+        t = self.trainer
+        key = (device, t.current_epoch if t is not None else 0)
+        if getattr(self, "_generator_key", None) != key:
+            rank = t.global_rank if t is not None else 0
+            self._generator = torch.Generator(device=device).manual_seed(
+                derive_seed(self.seed, key[1], rank))
+            self._generator_key = key
+        return self._generator
 
     @staticmethod
     def is_group(batch) -> bool:

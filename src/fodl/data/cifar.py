@@ -21,7 +21,6 @@ from fodl.data.download import (
     extract_tar_atomically,
     reading_archive,
 )
-from fodl.data.loader import StepGroup, derive_seed
 from fodl.errors import FodlError
 
 log = logging.getLogger(__name__)
@@ -172,8 +171,6 @@ class CIFAR10DataModule(InMemoryDataModule):
         self.download = download
         self.crop = crop
         self.augment = augment
-        self._generator: torch.Generator | None = None
-        self._generator_key: tuple | None = None
 
     def prepare_data(self) -> None:
         if find_source(self.root) is not None:
@@ -212,28 +209,7 @@ class CIFAR10DataModule(InMemoryDataModule):
             self.splits["val"] = self.splits["test"]
             self.validation_is_test = True
 
-    # -- batched, on-device transforms ---------------------------------------------------
-    def _gen(self, device: torch.device) -> torch.Generator:
-        """The augmentation stream of this (seed, epoch, process): re-seeded at each epoch, so
-        a run resumed from an epoch's checkpoint draws exactly the distortions the
-        uninterrupted run drew (no generator state to save), and ranks draw differently."""
-        t = self.trainer
-        key = (device, t.current_epoch if t is not None else 0)
-        if self._generator is None or self._generator_key != key:
-            rank = t.global_rank if t is not None else 0
-            self._generator = torch.Generator(device=device).manual_seed(
-                derive_seed(self.seed, key[1], rank))
-            self._generator_key = key
-        return self._generator
-
     def transform(self, x: torch.Tensor, train: bool) -> torch.Tensor:
         if train and self.augment:
-            return distort(x, self._gen(x.device), self.crop)
+            return distort(x, self.augmentation_generator(x.device), self.crop)
         return evaluate_view(x, self.crop)
-
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        train = self.trainer is not None and self.trainer.training
-        if self.is_group(batch):
-            return StepGroup((self.transform(x, train), y) for x, y in batch)
-        x, y = batch
-        return self.transform(x, train), y

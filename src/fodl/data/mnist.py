@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from fodl.data.augment import random_shift
 from fodl.data.base import InMemoryDataModule, resolve_data_dir
 from fodl.data.download import cached, download, file_digest
 from fodl.data.idx import read_idx
@@ -100,6 +101,8 @@ class MNISTDataModule(InMemoryDataModule):
 
     As in the book's ``input_data.read_data_sets``, validation is the first ``val_size``
     training images. Batches are ``(images[N,1,28,28] float32, labels[N] int64)``.
+    ``shift=k`` moves each training image by a random whole-pixel offset in ``[-k, k]`` on
+    each axis (on the device, a stream per seed/epoch/process); evaluation images never move.
     """
 
     def __init__(
@@ -110,9 +113,13 @@ class MNISTDataModule(InMemoryDataModule):
         download: bool = True,
         verify: str = "content",
         standardize: bool = False,
+        shift: int = 0,
         **kwargs,
     ) -> None:
         super().__init__(**kwargs)
+        if not 0 <= shift < 14:
+            raise FodlError(f"data.shift={shift}: the largest random offset in pixels must be in "
+                            "[0, 13], e.g. 2 (0: no augmentation).")
         if verify not in ("content", "md5"):
             raise FodlError(f"data.verify must be 'content' or 'md5', got {verify!r}.")
         self.root = resolve_data_dir(data_dir)
@@ -121,6 +128,7 @@ class MNISTDataModule(InMemoryDataModule):
         self.download = download
         self.verify = verify
         self.standardize = standardize
+        self.shift = shift
 
     def prepare_data(self) -> None:
         missing = [(f, md5) for f, md5, _ in FILES.values() if locate(self.root, f) is None]
@@ -153,6 +161,12 @@ class MNISTDataModule(InMemoryDataModule):
             "val": (x_train[:v], y_train[:v]),
             "test": (self._to_float(raw["test_images"]), raw["test_labels"].long()),
         }
+
+    def transform(self, x: torch.Tensor, train: bool) -> torch.Tensor:
+        if not (train and self.shift):
+            return x
+        background = self._to_float(torch.zeros(1, 1, 1, dtype=torch.uint8)).item()  # black
+        return random_shift(x, self.shift, self.augmentation_generator(x.device), background)
 
     def _to_float(self, images: torch.Tensor) -> torch.Tensor:
         x = images.unsqueeze(1).float().div_(255.0)
