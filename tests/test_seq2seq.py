@@ -484,3 +484,67 @@ def test_real_multi30k_counts_and_alignment():
     assert counts == {"train": 29000, "val": 1014, "test_2016_flickr": 1000}
     assert pairs[0] == ("Ein Mann mit einem orangefarbenen Hut, der etwas anstarrt.",
                         "A man in an orange hat starring at something.")
+
+
+# -- subwords (data.subword=bpe) -----------------------------------------------------------------
+SYLLABLES = ["ka", "lo", "mi", "ten", "su"]
+
+
+def syllable_pairs(n, seed=0):
+    """Words of 1-3 syllables; the target is the source's words in reverse order."""
+    rng = random.Random(seed)
+    pairs = []
+    for _ in range(n):
+        words = ["".join(rng.choice(SYLLABLES) for _ in range(rng.randint(1, 3)))
+                 for _ in range(rng.randint(2, 5))]
+        pairs.append((" ".join(words), " ".join(reversed(words))))
+    return pairs
+
+
+def test_bpe_codec_round_trips_words_and_survives_serialisation():
+    pytest.importorskip("tokenizers")
+    from fodl.text.subword import SubwordCodec
+
+    sents = [a.split() for a, _ in syllable_pairs(300)]
+    codec = SubwordCodec.train(sents, vocab_size=40)
+    words = ["kalomi", "tensu", "ka", "sukaten"]
+    pieces = codec.split(words)
+    assert len(pieces) >= len(words) and any(p.startswith("##") for p in pieces)
+    assert SubwordCodec.join(pieces) == words
+    assert len(codec.tokenizer.get_vocab()) <= 40
+    assert "<unk>" in codec.split(["kaz"])  # a character never seen in training
+    again = SubwordCodec.from_str(codec.to_str())
+    assert again.split(words) == pieces and again.split_all([words, []]) == [pieces, []]
+    with pytest.raises(FodlError, match="subword_vocab_size=1"):
+        SubwordCodec.train(sents, vocab_size=1)
+
+
+def test_bpe_translator_trains_and_translates_from_its_checkpoint_alone(tmp_path):
+    pytest.importorskip("tokenizers")
+    d = tmp_path / "data"
+    d.mkdir()
+    for split, n, seed in (("train", 300, 0), ("val", 30, 1), ("test", 30, 2)):
+        write_tsv(d / f"{split}.tsv", syllable_pairs(n, seed))
+    cfg = compose_train([f"paths.data_dir={d}", *FAST, *TINY, files_opt(d), "trainer.max_epochs=2",
+                         "data.subword=bpe", "data.subword_vocab_size=30", "data.src_max_size=40",
+                         "data.tgt_max_size=40"], tmp_path / "run")
+    metrics = train(cfg)
+    assert {"test/bleu_greedy", "test/bleu_beam"} <= set(metrics)
+    ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
+    assert set(ckpt["fodl_text"]["settings"]["subword"]) == {"src", "tgt"}
+    pieces = ckpt["fodl_text"]["vocabularies"]["tgt"]["words"]
+    assert any(w.startswith("##") for w in pieces) and len(pieces) <= 40
+    model = load_translator(str(tmp_path / "run" / "checkpoints" / "last.ckpt"))
+    assert model.source_tokens("Kalomi tensu") == model._codecs["src"].split(["kalomi", "tensu"])
+    (out, _), = model.translate(["kalomi tensu ka"])
+    assert out and "##" not in out  # pieces are joined back into words
+    with pytest.raises(Exception, match="data.subword='wordpiece'"):
+        ParallelTextDataModule(d, corpus="files", files={"train": "train.tsv"}, subword="wordpiece")
+
+
+def test_bpe_without_tokenizers_says_how_to_install_it(monkeypatch):
+    from fodl.text.subword import SubwordCodec
+
+    monkeypatch.setitem(sys.modules, "tokenizers", None)  # import fails as if not installed
+    with pytest.raises(FodlError, match=r"pip install -e '\.\[subword\]'"):
+        SubwordCodec.train([["a", "b"]], vocab_size=10)

@@ -138,6 +138,11 @@ class ParallelTextDataModule(InMemoryDataModule):
         download: fetch missing Multi30k files (md5-checked).
         lowercase: lowercase before tokenising (BLEU is then case-insensitive).
         min_count: words seen fewer times in the training pairs map to ``<unk>``.
+        subword: ``"bpe"``: each word is split into byte-pair-encoding pieces learned from the
+            training side of its language (:mod:`fodl.text.subword`; ``subword_vocab_size``
+            pieces per language, the learned model kept in checkpoints); the vocabularies are
+            then of pieces (all kept), and BLEU is scored on the re-joined words. ``None``:
+            whole words.
         src_max_size, tgt_max_size: each vocabulary's size at most, specials included (the
             net's embedding / output rows: ``model.net.*_vocab_size`` follow them).
         max_len: training pairs with a side longer than this (tokens) are dropped; evaluation
@@ -154,8 +159,14 @@ class ParallelTextDataModule(InMemoryDataModule):
                  tgt_max_size: int | None = None,
                  max_len: int = 50, val_size: int = 1000, split_seed: int = 0,
                  bucket_batches: int = 50, batch_size: int = 128, eval_batch_size: int = 256,
-                 steps_per_execution: int = 1, on_device: bool = True, seed: int = 0) -> None:
+                 steps_per_execution: int = 1, on_device: bool = True, seed: int = 0,
+                 subword: str | None = None, subword_vocab_size: int = 8000) -> None:
         super().__init__(batch_size, eval_batch_size, seed, on_device, False, steps_per_execution)
+        if subword in ("none", "null", ""):
+            subword = None
+        if subword not in (None, "bpe"):
+            raise FodlError(f"data.subword={subword!r}: choose bpe (byte-pair-encoding pieces "
+                            "learned from the training side of each language) or null (words).")
         if corpus not in ("multi30k", "files"):
             raise FodlError(f"data.corpus={corpus!r}: choose multi30k or files (with data.files).")
         if corpus == "multi30k":
@@ -178,6 +189,8 @@ class ParallelTextDataModule(InMemoryDataModule):
         self.src_max_size, self.tgt_max_size = src_max_size, tgt_max_size
         self.val_size, self.split_seed = val_size, split_seed
         self.bucket_batches = bucket_batches
+        self.subword, self.subword_vocab_size = subword, subword_vocab_size
+        self.codecs: dict[str, Any] = {}  # side -> fodl.text.subword.SubwordCodec (subword=bpe)
         self.src_vocab: Vocabulary | None = None
         self.tgt_vocab: Vocabulary | None = None
         self.references: dict[str, list[str]] = {}
@@ -246,8 +259,11 @@ class ParallelTextDataModule(InMemoryDataModule):
     # -- setup ---------------------------------------------------------------------------
     def text_settings(self) -> dict[str, Any]:
         """What translating raw text needs (stored in checkpoints)."""
-        return {"src": self.src, "tgt": self.tgt, "lowercase": self.lowercase,
-                "tokenizer": "words", "max_len": self.max_len}
+        settings = {"src": self.src, "tgt": self.tgt, "lowercase": self.lowercase,
+                    "tokenizer": "words", "max_len": self.max_len}
+        if self.codecs:
+            settings["subword"] = {side: c.to_str() for side, c in self.codecs.items()}
+        return settings
 
     def _build(self) -> dict:
         pairs = self.read_pairs()
@@ -265,16 +281,27 @@ class ParallelTextDataModule(InMemoryDataModule):
         data = cached(self.cache_dir, f"parallel-{self.corpus}-{self.src}-{self.tgt}-{key}", files,
                       self._build)
         tok, raw = data["tokens"], data["raw"]
+        min_count = self.min_count
+        if self.subword:
+            from fodl.text.subword import SubwordCodec
+
+            for j, side in enumerate(("src", "tgt")):
+                self.codecs[side] = SubwordCodec.train((p[j] for p in tok["train"]),
+                                                       self.subword_vocab_size)
+            tok = {split: list(zip(self.codecs["src"].split_all([a for a, _ in ps]),
+                                   self.codecs["tgt"].split_all([b for _, b in ps])))
+                   for split, ps in tok.items()}
+            min_count = 1  # every piece BPE learned was seen at least twice
         train = [(a, b) for a, b in tok["train"] if 0 < len(a) <= self.max_len - 1
                  and 0 < len(b) <= self.max_len - 2]
         if not train:
             raise FodlError(f"No training pair has both sides between 1 and data.max_len="
                             f"{self.max_len} tokens; raise data.max_len.")
         where = f"the {self.src}-{self.tgt} training pairs"
-        self.src_vocab = Vocabulary.build(Counter(w for a, _ in train for w in a), self.min_count,
+        self.src_vocab = Vocabulary.build(Counter(w for a, _ in train for w in a), min_count,
                                           self.src_max_size, SPECIALS, UNK,
                                           source=where + f" ({self.src})")
-        self.tgt_vocab = Vocabulary.build(Counter(w for _, b in train for w in b), self.min_count,
+        self.tgt_vocab = Vocabulary.build(Counter(w for _, b in train for w in b), min_count,
                                           self.tgt_max_size, SPECIALS, UNK,
                                           source=where + f" ({self.tgt})")
         keep = [i for i, (a, b) in enumerate(tok["train"]) if 0 < len(a) <= self.max_len - 1
@@ -293,10 +320,10 @@ class ParallelTextDataModule(InMemoryDataModule):
         unk = self.tgt_vocab.unk_id
         test_tgt = self.splits["test"][2]
         log.info("parallel text %s %s->%s: %s pairs (%d training pairs over max_len=%d dropped); "
-                 "vocabularies %s %d, %s %d (min_count=%d); %.2f%% of test target tokens unknown",
+                 "vocabularies %s %d, %s %d (min_count=%d%s); %.2f%% of test target tokens unknown",
                  self.corpus, self.src, self.tgt, {k: len(v[1]) for k, v in self.splits.items()},
                  len(tok["train"]) - len(keep), self.max_len, self.src, len(self.src_vocab),
-                 self.tgt, len(self.tgt_vocab), self.min_count,
+                 self.tgt, len(self.tgt_vocab), min_count, ", BPE pieces" if self.subword else "",
                  100 * float((test_tgt == unk).sum()) / max(int(self.splits["test"][3].sum()), 1))
 
     # -- loaders -------------------------------------------------------------------------

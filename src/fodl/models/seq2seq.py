@@ -31,6 +31,7 @@ from fodl.data.parallel import detokenize, tokenize_sentence
 from fodl.errors import FodlError
 from fodl.models.base import FodlModule
 from fodl.nets.seq2seq import Decoded, Seq2SeqNet, beam_search, greedy_decode
+from fodl.text.subword import SubwordCodec, codecs_from_settings
 from fodl.text.vocab import Vocabulary
 
 log = logging.getLogger(__name__)
@@ -92,6 +93,7 @@ class Seq2SeqModule(FodlModule):
         self.src_vocab: Vocabulary | None = None
         self.tgt_vocab: Vocabulary | None = None
         self.text_settings: dict[str, Any] = {}
+        self._codecs: dict[str, SubwordCodec] = {}  # data.subword=bpe: side -> codec
         self._refs: dict[str, list[str]] = {}
         self._srcs: dict[str, list[str]] = {}
         self._eval: dict[str, Any] = {}
@@ -125,7 +127,10 @@ class Seq2SeqModule(FodlModule):
             self.net.train(was)
 
     def _strings(self, decoded: Decoded) -> list[str]:
-        return [detokenize(self.tgt_vocab.decode(t)) for t in decoded.tokens]
+        pieces = [self.tgt_vocab.decode(t) for t in decoded.tokens]
+        if "tgt" in self._codecs:  # data.subword=bpe: pieces back to words
+            pieces = [SubwordCodec.join(p) for p in pieces]
+        return [detokenize(p) for p in pieces]
 
     # -- evaluation --------------------------------------------------------------------------
     def _eval_start(self, stage: str) -> None:
@@ -256,6 +261,7 @@ class Seq2SeqModule(FodlModule):
         self.src_vocab, self.tgt_vocab = dm.src_vocab, dm.tgt_vocab
         self.net.num_words = len(self.tgt_vocab)
         self.text_settings = dict(dm.text_settings())
+        self._codecs = dict(dm.codecs)
         self._refs, self._srcs = dm.references, dm.sources
 
     def text_state(self):
@@ -265,11 +271,13 @@ class Seq2SeqModule(FodlModule):
 
     def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
         self.src_vocab, self.tgt_vocab, self.text_settings = vocabs["src"], vocabs["tgt"], settings
+        self._codecs = codecs_from_settings(settings)
         self.net.num_words = min(len(self.tgt_vocab), self.net.tgt_vocab_size)
 
     # -- raw text ------------------------------------------------------------------------------
     def source_tokens(self, text: str) -> list[str]:
-        return tokenize_sentence(text, self.text_settings.get("lowercase", True))
+        words = tokenize_sentence(text, self.text_settings.get("lowercase", True))
+        return self._codecs["src"].split(words) if "src" in self._codecs else words
 
     @torch.no_grad()
     def translate(self, texts: list[str], beam: bool = True, attention: bool = False
