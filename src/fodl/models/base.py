@@ -288,8 +288,7 @@ class FodlModule(L.LightningModule):
                 b.copy_(s)
         self._graph_shape = x.shape
 
-    # -- checkpoints -------------------------------------------------------------------
-    # -- text families: vocabularies + tokenisation settings travel in every checkpoint --------
+    # -- checkpoints (a text family's vocabularies + tokenisation settings travel in them) ----
     def text_state(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """``(vocabularies by name, plain tokenisation settings)`` that a text family keeps in
         its checkpoints (``fodl_text``), so that a CLI needs only the checkpoint; ``None``
