@@ -114,8 +114,13 @@ class InMemoryDataModule(L.LightningDataModule):
         training there): the place for augmentation. The default leaves them alone."""
         return x
 
+    @property
+    def transforms_batches(self) -> bool:
+        """Whether :meth:`transform` has anything to do (else batches skip the hook)."""
+        return type(self).transform is not InMemoryDataModule.transform
+
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if type(self).transform is InMemoryDataModule.transform:
+        if not self.transforms_batches:
             return batch
         train = self.trainer is not None and self.trainer.training
         if self.is_group(batch):

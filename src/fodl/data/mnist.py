@@ -129,6 +129,7 @@ class MNISTDataModule(InMemoryDataModule):
         self.verify = verify
         self.standardize = standardize
         self.shift = shift
+        self._black = self._to_float(torch.zeros(1, 1, 1, dtype=torch.uint8)).item()  # shift's fill
 
     def prepare_data(self) -> None:
         missing = [(f, md5) for f, md5, _ in FILES.values() if locate(self.root, f) is None]
@@ -162,11 +163,14 @@ class MNISTDataModule(InMemoryDataModule):
             "test": (self._to_float(raw["test_images"]), raw["test_labels"].long()),
         }
 
+    @property
+    def transforms_batches(self) -> bool:
+        return self.shift > 0
+
     def transform(self, x: torch.Tensor, train: bool) -> torch.Tensor:
-        if not (train and self.shift):
+        if not train:
             return x
-        background = self._to_float(torch.zeros(1, 1, 1, dtype=torch.uint8)).item()  # black
-        return random_shift(x, self.shift, self.augmentation_generator(x.device), background)
+        return random_shift(x, self.shift, self.augmentation_generator(x.device), self._black)
 
     def _to_float(self, images: torch.Tensor) -> torch.Tensor:
         x = images.unsqueeze(1).float().div_(255.0)
