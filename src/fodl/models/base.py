@@ -291,14 +291,22 @@ class FodlModule(L.LightningModule):
     # -- checkpoints (a text family's vocabularies + tokenisation settings travel in them) ----
     def text_state(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
         """``(vocabularies by name, plain tokenisation settings)`` that a text family keeps in
-        its checkpoints (``fodl_text``), so that a CLI needs only the checkpoint; ``None``
-        (the default, and before ``setup``) keeps nothing."""
-        return None
+        its checkpoints (``fodl_text``), so that a CLI needs only the checkpoint. The default
+        serves a family with one vocabulary in ``self.vocab`` (kept as ``words``) and its
+        settings in ``self.text_settings`` if it has any; ``None`` (no vocabulary, or before
+        ``setup``) keeps nothing. Families with several vocabularies override both methods."""
+        vocab = getattr(self, "vocab", None)
+        return None if vocab is None else ({"words": vocab}, getattr(self, "text_settings", {}))
 
     def set_text_state(self, vocabularies: dict[str, Any], settings: dict[str, Any]) -> None:
         """Take back what :meth:`text_state` stored (called on checkpoint load)."""
-        raise FodlError(f"{type(self).__name__} keeps no vocabulary, but its checkpoint has one "
-                        f"({TEXT_KEY!r}): the file was written by another model family.")
+        if not hasattr(self, "vocab") or "words" not in vocabularies:
+            raise FodlError(f"{type(self).__name__} cannot take the vocabularies "
+                            f"{sorted(vocabularies)} of this checkpoint ({TEXT_KEY!r}): the file "
+                            "was written by another model family.")
+        self.vocab = vocabularies["words"]
+        if hasattr(self, "text_settings"):
+            self.text_settings = settings
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the global RNG states (dropout, random masks, negative samples draw from

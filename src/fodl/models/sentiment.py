@@ -71,12 +71,6 @@ class TextClassifierModule(ClassifierModule):
                             "lower data.max_size.")
         self.vocab, self.text_settings = vocab, dict(dm.text_settings())
 
-    def text_state(self):
-        return None if self.vocab is None else ({"words": self.vocab}, self.text_settings)
-
-    def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
-        self.vocab, self.text_settings = vocabs["words"], settings
-
     # -- inference on raw text ----------------------------------------------------------------
     def encode(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Tokenise and numericalise raw texts as training did (tokenizer, lowercasing, cut)."""

@@ -107,12 +107,6 @@ class SequenceModule(FodlModule):
                             f"has width={getattr(dm, 'width', None)}: use data=copy, and let "
                             "model.width follow data.width.")
 
-    def text_state(self):
-        return None if self.vocab is None else ({"words": self.vocab}, {})
-
-    def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
-        self.vocab = vocabs["words"]
-
     # -- losses -------------------------------------------------------------------------------
     def _loss(self, logits: torch.Tensor, batch) -> torch.Tensor:
         if self.tokens:

@@ -123,12 +123,6 @@ class SkipGramModule(FodlModule):
                             "logged. Give data.analogies the path of questions-words.txt, or "
                             "monitor another metric: monitor=train/loss monitor_mode=min.")
 
-    def text_state(self):
-        return None if self.vocab is None else ({"words": self.vocab}, {})
-
-    def set_text_state(self, vocabs: dict[str, Vocabulary], settings: dict[str, Any]) -> None:
-        self.vocab = vocabs["words"]
-
     # -- training --------------------------------------------------------------------------
     def training_loss(self, batch) -> torch.Tensor:
         words, positive, negatives, log_noise = batch
