@@ -17,6 +17,8 @@ from fodl.data.babi import (
     StoryBatch,
     gather_stories,
     parse_babi,
+    permute_words,
+    sentence_units,
     story_tokens,
 )
 from fodl.data.copy_task import CopyTaskDataModule, make_copy_batch
@@ -28,8 +30,10 @@ from fodl.nets.dnc import (
     allocation_weighting,
     content_weighting,
     directional_weightings,
+    encode_sentences,
     interface_size,
     parse_interface,
+    position_encoding,
     read_weighting,
     retention,
     update_link,
@@ -404,3 +408,141 @@ def test_shared_qa1_batches_score_exactly_the_answer_of_each_question_asked(tmp_
             assert dm.vocab.decode(y[scored].tolist()) == qa1_answers_from_inputs(words)
             checked += int(scored.sum())
     assert checked == 5 * (64 + 100)  # five questions per qa1 story
+
+
+# -- sentence steps and per-story renaming -----------------------------------------------------
+def test_sentence_units_regroup_the_word_stream_one_sentence_per_step():
+    # two stories: "5 6 . 7 ? - -" and "8 . 9 ? -" (ids: . = 2, ? = 3, - = 4)
+    tokens = T([5, 6, 2, 7, 3, 4, 4, 8, 2, 9, 3, 4], dtype=torch.int32)
+    answers = T([0, 0, 0, 0, 0, 11, 12, 0, 0, 0, 0, 13], dtype=torch.int32)
+    rows, targets, start, length = sentence_units(tokens, answers, T([0, 7]), T([7, 5]))
+    assert rows.tolist() == [[5, 6, 2], [7, 3, 0], [4, 0, 0], [4, 0, 0], [8, 2, 0], [9, 3, 0], [4, 0, 0]]
+    assert targets.tolist() == [0, 0, 11, 12, 0, 0, 13]
+    assert start.tolist() == [0, 4] and length.tolist() == [4, 3]
+    batch = gather_stories(rows, targets, start, length, T([1, 1]))
+    assert batch.inputs.shape == (2, 4, 3)
+    assert batch.answer.tolist() == [[False, False, True, True], [False, False, True, False]]
+    assert batch.targets[batch.answer].tolist() == [11, 12, 13]
+    assert batch.question[batch.answer].tolist() == [0, 0, 0]  # one two-word question, one one-word
+    assert (batch.inputs[1, 3] == 0).all()  # padding after the shorter story
+    with pytest.raises(FodlError, match="corrupt"):
+        sentence_units(tokens[:10], answers[:10], T([0]), T([10]))  # ends inside a sentence
+
+
+def test_sentence_batches_carry_the_same_questions_and_answers_as_word_batches(tmp_path):
+    path = write_babi(tmp_path, {"qa1_single-supporting-fact_train.txt": STORY_QA1 * 5,
+                                 "qa1_single-supporting-fact_test.txt": STORY_QA1,
+                                 "qa8_lists-sets_train.txt": STORY_QA8 * 5,
+                                 "qa8_lists-sets_test.txt": STORY_QA8})
+    kw = dict(data_dir=str(path.parent), tasks=[1, 8], cache_dir=str(tmp_path / "cache"))
+    words, sents = BabiDataModule(**kw), BabiDataModule(unit="sentence", **kw)
+    words.setup(), sents.setup()
+    bw, bs = next(iter(words.test_dataloader())), next(iter(sents.test_dataloader()))
+    assert bs.inputs.dim() == 3 and bs.inputs.shape[1] < bw.inputs.shape[1]
+    assert torch.equal(bw.targets[bw.answer], bs.targets[bs.answer])
+    assert torch.equal(bw.question[bw.answer], bs.question[bs.answer])
+    # every word of every story is there, in order, once the padding is dropped
+    for x_w, x_s in zip(bw.inputs, bs.inputs):
+        assert x_s[x_s != 0].tolist() == x_w[x_w != 0].tolist()
+    with pytest.raises(FodlError, match="data.unit"):
+        BabiDataModule(unit="paragraph", **kw)
+
+
+def test_position_encoding_hand_case_and_word_order():
+    ids = T([[7, 9, 0]])  # a two-word sentence and a pad
+    pe = position_encoding(ids, 2)
+    # l[j,k] = (1 - j/J) - (k/d)(1 - 2j/J), J = 2, d = 2
+    want = [[(1 - j / 2) - (k / 2) * (1 - 2 * j / 2) for k in (1, 2)] for j in (1, 2)] + [[0.0, 0.0]]
+    assert approx(pe[0], want)
+    table = torch.nn.Embedding(10, 4)
+    a = encode_sentences(table, T([[[5, 6, 2]]]))
+    b = encode_sentences(table, T([[[6, 5, 2]]]))
+    assert a.shape == (1, 1, 4) and not torch.allclose(a, b)  # word order is kept
+    assert torch.allclose(encode_sentences(table, T([[[5, 6, 0, 0]]])), encode_sentences(table, T([[[5, 6]]])))
+
+
+def test_nets_read_sentence_steps():
+    torch.manual_seed(0)
+    x = torch.randint(1, 11, (2, 5, 4))
+    x[:, :, 3] = 0
+    dnc = DNC(11, 11, tokens=True, hidden_size=8, memory_size=4, word_size=3)
+    lstm = SequenceLSTM(11, 11, tokens=True, hidden_size=8, embedding_size=6)
+    assert dnc(x).shape == lstm(x).shape == (2, 5, 11)
+    y = dnc(x)
+    y.sum().backward()
+    assert dnc.input_gates.weight.grad[x[x != 0]].abs().sum() > 0
+    assert dnc.input_gates.weight.grad[0].abs().sum() == 0  # padding contributes nothing
+    assert lstm(x[:, :, 0]).shape == (2, 5, 11)  # embeddings for word steps too
+    with pytest.raises(FodlError, match="embedding_size"):
+        SequenceLSTM(11, 11, tokens=True, hidden_size=8)(x)
+
+
+def test_permute_words_renames_each_story_consistently_and_only_in_training(tmp_path):
+    groups = [T([5, 6, 7]), T([8, 9])]
+    x = T([[5, 8, 2, 6, 9, 2, 5, 3, 4], [7, 9, 2, 7, 3, 4, 0, 0, 0]])
+    y = T([[0, 0, 0, 0, 0, 0, 0, 0, 8], [0, 0, 0, 0, 0, 9, 0, 0, 0]])
+    batch = StoryBatch(x, y, x == 4, torch.zeros_like(x), T([1, 1]))
+    seen = set()
+    for seed in range(30):
+        out = permute_words(batch, groups, torch.Generator().manual_seed(seed))
+        for xi, xo, yi, yo in zip(x, out.inputs, y, out.targets):
+            mapping = {}
+            for a, b in zip(xi.tolist() + yi.tolist(), xo.tolist() + yo.tolist()):
+                assert mapping.setdefault(a, b) == b  # one word, one new name within a story
+            assert {mapping[w] for w in (5, 6, 7) if w in mapping} <= {5, 6, 7}
+            assert {mapping[w] for w in (8, 9) if w in mapping} <= {8, 9}
+            assert all(mapping[w] == w for w in (0, 2, 3, 4) if w in mapping)
+        seen.add(tuple(out.inputs[0].tolist()))
+        again = permute_words(batch, groups, torch.Generator().manual_seed(seed))
+        assert torch.equal(again.inputs, out.inputs)  # the seed fixes the renaming
+    assert len(seen) > 6  # stories are really renamed, differently for different draws
+    path = write_babi(tmp_path, {"qa1_single-supporting-fact_train.txt": STORY_QA1 * 5,
+                                 "qa1_single-supporting-fact_test.txt": STORY_QA1})
+    kw = dict(data_dir=str(path.parent), tasks=1, cache_dir=str(tmp_path / "cache"))
+    dm = BabiDataModule(permute=[["mary", "john", "daniel", "sandra"], ["bathroom", "hallway", "office"]], **kw)
+    dm.setup()
+    test = next(iter(dm.test_dataloader()))
+    assert dm.on_after_batch_transfer(test, 0) is test  # no trainer / not training: left alone
+    from types import SimpleNamespace
+
+    train = next(iter(dm.train_dataloader()))
+    dm.trainer = SimpleNamespace(training=True, current_epoch=3, global_rank=0)
+    renamed = [dm.on_after_batch_transfer(train, 0) for _ in range(4)]
+    assert not all(torch.equal(r.inputs, train.inputs) for r in renamed)  # training: renamed
+    names = {dm.vocab[w] for g in dm.permute for w in g}
+    for r in renamed:  # only people and places change; the answer follows its place
+        keep = ~torch.isin(train.inputs, torch.tensor(sorted(names)))
+        assert torch.equal(r.inputs[keep], train.inputs[keep])
+        assert dm.vocab.decode(r.targets[r.answer].tolist()) == [
+            a for x, y, m in zip(r.inputs, r.targets, r.answer)
+            for a in qa1_answers_from_inputs(dm.vocab.decode(x.tolist()))]
+    with pytest.raises(FodlError, match="never use"):
+        BabiDataModule(permute=[["mary", "marry"]], **kw).setup()
+    with pytest.raises(FodlError, match="data.permute"):
+        BabiDataModule(permute=[["mary"]], **kw)
+
+
+def test_fast_qa1_recipe_runs_through_train_on_sentence_steps(tmp_path):
+    """experiment=fast/dnc_babi_qa1 (sentence steps, renamed people and places) through the
+    real train() path on a hand-written task file: metrics, and the memory figure drawn from
+    a sentence-step story."""
+    from fodl.train import train
+
+    path = write_babi(tmp_path / "data", {"qa1_single-supporting-fact_train.txt": STORY_QA1 * 8,
+                                          "qa1_single-supporting-fact_test.txt": STORY_QA1})
+    cfg = compose_train([
+        "experiment=fast/dnc_babi_qa1", f"paths.data_dir={path.parent}",
+        "data.permute=[[mary,john,daniel,sandra],[bathroom,hallway,office]]",
+        "data.batch_size=4", "trainer.max_epochs=2", "callbacks.progress_bar.refresh_rate=0",
+        "trainer.enable_model_summary=false"], tmp_path / "run")
+    assert cfg.data.unit == "sentence"
+    metrics = train(cfg)
+    assert 0 <= metrics["test/error_qa1"] <= 1 and "val/error" in metrics
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    tags = set()
+    for f in (tmp_path / "run" / "tensorboard").glob("**/events.*"):
+        acc = EventAccumulator(str(f), size_guidance={"images": 0})
+        acc.Reload()
+        tags |= set(acc.Tags()["images"])
+    assert "memory/one_sequence" in tags

@@ -269,6 +269,7 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     "fodl.nets.dnc.SequenceLSTM": {
         "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT, "init": Choice(*_INITS),
+        "embedding_size": Number(integer=True, min=0),
     },
     "fodl.models.sequence.SequenceModule": {
         "net": Object(), "width": Number(integer=True, min=1, none=True),
@@ -287,6 +288,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "max_size": Number(integer=True, min=6), "bucket": Number(integer=True, min=0),
         "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
         "path": Text(nonempty=True), "url": Text(none=True), "md5": Text(none=True),
+        "unit": Choice("word", "sentence"),
+        "permute": Seq(Seq(Text(nonempty=True), 2), none=True),
     },
     # optimizers and schedules (every torch optimizer / scheduler) ------------------------------
     "torch.optim.optimizer.Optimizer": {

@@ -226,8 +226,11 @@ class SequenceModule(FodlModule):
         trace = out[1] if isinstance(out, tuple) else {}
         if not trace:
             return
-        steps = int(batch.mask[0].nonzero().max()) + 1 if not self.tokens else int(
-            (batch.inputs[0] != 0).nonzero().max()) + 1
+        if self.tokens:  # word ids (T,) or sentence steps (T, L): the story's last step
+            used = (batch.inputs[0] != 0).reshape(batch.inputs.shape[1], -1).any(-1)
+            steps = int(used.nonzero().max()) + 1
+        else:
+            steps = int(batch.mask[0].nonzero().max()) + 1
         writer.add_figure("memory/one_sequence", memory_figure(trace, steps), self.global_step)
 
 

@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fodl.errors import FodlError
 from fodl.nets.init import init_weights
 
 EPS = 1e-6
@@ -138,6 +139,28 @@ def read_weighting(modes: torch.Tensor, backward: torch.Tensor, content: torch.T
     return modes[..., 0:1] * backward + modes[..., 1:2] * content + modes[..., 2:3] * forward
 
 
+# -- sentence steps ---------------------------------------------------------------------------
+def position_encoding(ids: torch.Tensor, dim: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """The memory networks' position encoding (Sukhbaatar et al. 2015, section 4.1):
+    ``l[j, k] = (1 - j/J) - (k/d)(1 - 2j/J)`` for word ``j`` (1..J) of a sentence of ``J``
+    words and feature ``k`` (1..d), 0 for padding. ``ids`` (..., L) word ids, 0 = padding ->
+    (..., L, dim). Weighting word vectors with it before summing keeps the word order in
+    the sentence's vector (a plain sum would be a bag of words)."""
+    words = ids != 0
+    j = torch.cumsum(words, -1).to(dtype).unsqueeze(-1)  # 1..J at the words
+    big_j = words.sum(-1, keepdim=True).clamp_min(1).to(dtype).unsqueeze(-1)
+    k = torch.arange(1, dim + 1, dtype=dtype, device=ids.device) / dim
+    weights = (1.0 - j / big_j) - k * (1.0 - 2.0 * j / big_j)
+    return weights * words.unsqueeze(-1).to(dtype)
+
+
+def encode_sentences(table: nn.Embedding, ids: torch.Tensor) -> torch.Tensor:
+    """One vector per sentence step: the position-encoded sum of its words' rows of
+    ``table``. ``ids`` (B, T, L) -> (B, T, table.embedding_dim)."""
+    vectors = table(ids)
+    return (vectors * position_encoding(ids, vectors.shape[-1], vectors.dtype)).sum(-2)
+
+
 # -- the interface vector ---------------------------------------------------------------------
 class Interface(NamedTuple):
     """The controller's parsed interface vector at one step."""
@@ -220,7 +243,8 @@ class DNC(nn.Module):
 
     Args:
         input_size: features per step, or with ``tokens=True`` the vocabulary size (inputs
-            are then word ids, the paper's one-hot words).
+            are then word ids (B, T), the paper's one-hot words, or sentences of word ids
+            (B, T, L), one per step, position-encoded (:func:`encode_sentences`)).
         output_size: outputs (logits) per step.
         tokens: inputs are word ids (B, T) instead of vectors (B, T, input_size).
         controller: ``lstm`` (the paper's) or ``feedforward`` (one tanh layer on
@@ -272,7 +296,10 @@ class DNC(nn.Module):
         self._memory_step = torch.compile(memory_step, dynamic=False) if compile else memory_step
 
     def forward(self, x: torch.Tensor, trace: bool = False):
-        xg = self.input_gates(x)  # (B, T, gates)
+        if self.tokens and x.dim() == 3:  # one sentence per step
+            xg = encode_sentences(self.input_gates, x)
+        else:
+            xg = self.input_gates(x)  # (B, T, gates)
         b, steps = xg.shape[:2]
         h_size, r, w = self.hidden_size, self.read_heads, self.word_size
         state = initial_state(b, self.memory_size, w, r, xg.dtype, xg.device)
@@ -318,20 +345,34 @@ TRACE_KEYS = ("write_weights", "read_weights", "usage", "allocation_gate", "writ
 class SequenceLSTM(nn.Module):
     """The baseline: the DNC's task heads on an LSTM without memory (``nn.LSTM``, all steps
     in one call). Same arguments as :class:`DNC` for the input and output; word ids enter as
-    one-hot vectors, as in the paper."""
+    one-hot vectors, as in the paper, or with ``embedding_size > 0`` as learnt embeddings of
+    that size (needed for sentence steps (B, T, L), which are position-encoded sums of them,
+    :func:`encode_sentences`)."""
 
     def __init__(self, input_size: int, output_size: int, tokens: bool = False,
-                 hidden_size: int = 256, num_layers: int = 1, init: str = "torch") -> None:
+                 hidden_size: int = 256, num_layers: int = 1, init: str = "torch",
+                 embedding_size: int = 0) -> None:
         super().__init__()
-        if min(input_size, output_size, hidden_size, num_layers) < 1:
-            raise ValueError("SequenceLSTM sizes must be >= 1")
+        if min(input_size, output_size, hidden_size, num_layers) < 1 or embedding_size < 0:
+            raise ValueError("SequenceLSTM sizes must be >= 1 (embedding_size >= 0)")
         self.input_size, self.output_size, self.tokens = input_size, output_size, tokens
-        self.lstm = nn.LSTM(input_size, hidden_size, num_layers, batch_first=True)
+        self.embedding = nn.Embedding(input_size, embedding_size) if tokens and embedding_size else None
+        features = embedding_size if self.embedding is not None else input_size
+        self.lstm = nn.LSTM(features, hidden_size, num_layers, batch_first=True)
         self.output = nn.Linear(hidden_size, output_size)
         init_weights(self, init)
+        if self.embedding is not None and init == "torch":
+            nn.init.normal_(self.embedding.weight, 0.0, embedding_size ** -0.5)
 
     def forward(self, x: torch.Tensor, trace: bool = False):
-        if self.tokens:
+        if self.tokens and x.dim() == 3:
+            if self.embedding is None:
+                raise FodlError("The LSTM baseline reads sentence steps (data.unit=sentence) "
+                                "through word embeddings: set model.net.embedding_size (e.g. 64).")
+            x = encode_sentences(self.embedding, x)
+        elif self.embedding is not None:
+            x = self.embedding(x)
+        elif self.tokens:
             x = F.one_hot(x, self.input_size).to(self.output.weight.dtype)
         y = self.output(self.lstm(x)[0])
         return (y, {}) if trace else y
