@@ -21,8 +21,8 @@ the place comes (the slow part of learning the task word by word).
 
 ``permute`` lists groups of interchangeable words (the task's names of people, of places):
 every training story draws its own permutation of each group and renames consistently,
-answers included. The stories then cannot be learnt by heart (a DNC or an LSTM reaches zero
-training loss on 1,800 qa1 stories long before it generalises), only the rule can.
+answers included. The stories then cannot be learnt by heart, only the rule can (without it,
+the qa1 DNC recipe ends at training loss 0.005 and 49% test error; with it, 0.2%: README).
 
 Stories are stored as one flat token stream per split (no padding); a batch gathers its
 stories padded to the longest of them. Training batches are bucketed: stories are shuffled
