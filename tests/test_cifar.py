@@ -230,7 +230,7 @@ def test_fast_recipe_runs_its_one_cycle_to_the_end(tmp_path, tiny_cifar, k):
     cfg = compose_train(["experiment=fast/cifar_cnn_bn", f"paths.data_dir={tiny_cifar}", *FAST,
                          "data.val_size=50", "data.batch_size=10", "trainer.max_epochs=2",
                          f"data.steps_per_execution={k}", "test=false"], tmp_path / "r")
-    assert cfg.model.label_smoothing == 0.1 and cfg.model.scheduler_interval == "step"
+    assert cfg.model.label_smoothing == 0.1 and cfg.model.scheduler_interval == "step" and cfg.model.channels_last
     train(cfg)
     ckpt = read_checkpoint(tmp_path / "r" / "checkpoints" / "last.ckpt")
     (sched,) = ckpt["lr_schedulers"]
@@ -258,3 +258,43 @@ def test_label_smoothing_changes_only_the_training_loss(tmp_path, tiny_cifar):
         torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
     with pytest.raises(Exception, match="label_smoothing=1.5"):
         module(1.5)
+
+
+def test_channels_last_trains_like_the_default_layout():
+    """model.channels_last=true: same losses and weights as NCHW after a few SGD steps (up
+    to float rounding, stated tolerance 1e-4), with both BN and dropout-free nets."""
+    import copy
+
+    from fodl.models import ClassifierModule
+
+    torch.manual_seed(0)
+    net = CIFARConvNet(batch_norm=True, dropout=0.0)
+    x, y = torch.randn(16, 3, 24, 24), torch.randint(0, 10, (16,))
+    runs = []
+    for cl in (False, True):
+        module = ClassifierModule(copy.deepcopy(net), optimizer=None, channels_last=cl)
+        opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+        losses = []
+        for _ in range(4):
+            loss = module.training_loss((x, y))
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))
+        assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cl
+        runs.append((losses, module.eval()(x), module.net.state_dict()))
+    (l0, out0, sd0), (l1, out1, sd1) = runs
+    assert l0[-1] < l0[0]  # it trained
+    assert torch.allclose(torch.tensor(l0), torch.tensor(l1), atol=1e-4)
+    assert torch.allclose(out0, out1, atol=1e-4)
+    assert all(torch.allclose(sd0[k].float(), sd1[k].float(), atol=1e-4) for k in sd0)
+
+
+def test_channels_last_needs_a_convolution(tmp_path):
+    from fodl.models import ClassifierModule
+
+    with pytest.raises(FodlError, match="no 2-d convolution"):
+        ClassifierModule(torch.nn.Linear(4, 2), optimizer=None, channels_last=True)
+    with pytest.raises(FodlError, match="cuda_graph"):
+        ClassifierModule(CIFARConvNet(), optimizer=None, channels_last=True, cuda_graph=True)

@@ -246,7 +246,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "scheduler_interval": Choice("epoch", "step"),
         "gradient_clip_val": Number(min=0.0, min_open=True, none=True), "cuda_graph": Flag(),
     },
-    "fodl.models.classifier.ClassifierModule": {"num_classes": Number(integer=True, min=2)},
+    "fodl.models.classifier.ClassifierModule": {"num_classes": Number(integer=True, min=2),
+                                                 "channels_last": Flag()},
     "fodl.nets.mlp.MLP": {
         "in_features": POSITIVE_INT, "hidden": Seq(POSITIVE_INT),
         "num_classes": Number(integer=True, min=2), "init": Choice(*_INITS),

@@ -21,6 +21,10 @@ class ClassifierModule(FodlModule):
         num_classes: for the accuracy metrics.
         label_smoothing: of the training cross-entropy (0: none; validation and test losses
             are plain cross-entropy either way).
+        channels_last: keep the net's convolution weights and the image batches in the
+            channels-last (NHWC) memory layout. Same numbers up to float rounding; on this
+            project's CPU the book's CIFAR net trains ~18% faster per step (README, chapter 5).
+            Needs a net with 2-d convolutions.
         optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph: the shared
             training loop's settings (:class:`~fodl.models.base.FodlModule`).
 
@@ -38,27 +42,42 @@ class ClassifierModule(FodlModule):
         gradient_clip_val: float | None = None,
         cuda_graph: bool = False,
         label_smoothing: float = 0.0,
+        channels_last: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         if not 0.0 <= label_smoothing < 1.0:
             raise FodlError(f"model.label_smoothing={label_smoothing}: give a value in [0, 1), "
                             "e.g. 0.1 (0: plain cross-entropy).")
-        self.net = net
+        if channels_last and not any(isinstance(m, nn.Conv2d) for m in net.modules()):
+            raise FodlError(f"model.channels_last=true lays out image batches and convolution "
+                            f"weights as NHWC, but model.net ({type(net).__name__}) has no 2-d "
+                            "convolution: set model.channels_last=false.")
+        if channels_last and cuda_graph:
+            raise FodlError("model.channels_last=true and model.cuda_graph=true are not supported "
+                            "together; set one of them to false.")
+        self.channels_last = channels_last
+        self.net = net.to(memory_format=torch.channels_last) if channels_last else net
         self.label_smoothing = label_smoothing
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
 
+    def layout(self, x: torch.Tensor) -> torch.Tensor:
+        """An input batch in the net's memory layout (``channels_last``: NHWC)."""
+        if self.channels_last and x.dim() == 4:
+            return x.contiguous(memory_format=torch.channels_last)
+        return x
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)
+        return self.net(self.layout(x))
 
     def training_loss(self, batch) -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(self.run_net(x), y, label_smoothing=self.label_smoothing)
+        return F.cross_entropy(self.run_net(self.layout(x)), y, label_smoothing=self.label_smoothing)
 
     def _eval_step(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
-        logits = self.net(x)
+        logits = self.net(self.layout(x))
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
                  batch_size=len(y), prog_bar=stage == "val")
         metric.update(logits, y)
@@ -71,4 +90,4 @@ class ClassifierModule(FodlModule):
         self._eval_step(batch, "test", self.test_acc)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.net(batch[0]).argmax(-1)
+        return self.net(self.layout(batch[0])).argmax(-1)
