@@ -228,12 +228,14 @@ class StoryLoader(TensorLoader):
 
 
 def permute_words(batch: StoryBatch, groups: Sequence[torch.Tensor],
-                  generator: torch.Generator) -> StoryBatch:
+                  generator: torch.Generator, size: int | None = None) -> StoryBatch:
     """``batch`` with each story's words renamed by its own random permutation within each
-    group of word ids (inputs and targets alike, so the answers follow)."""
+    group of word ids (inputs and targets alike, so the answers follow). ``size``: the
+    vocabulary size (ids below it); None reads it off the batch (a device sync)."""
     x, y = batch.inputs, batch.targets
     b, device = len(x), x.device
-    size = int(max(int(x.max()), int(y.max()), *(int(g.max()) for g in groups))) + 1
+    if size is None:
+        size = int(max(int(x.max()), int(y.max()), *(int(g.max()) for g in groups))) + 1
     table = torch.arange(size, device=device).repeat(b, 1)
     for g in groups:
         g = g.to(device)
@@ -426,14 +428,11 @@ class BabiDataModule(InMemoryDataModule):
                  self.tasks, *(len(self.splits[s][0]) for s in ("train", "val", "test")), len(self.vocab))
 
     # -- augmentation -------------------------------------------------------------------------
-    @property
-    def transforms_batches(self) -> bool:
-        return bool(self.permute)
-
     def on_after_batch_transfer(self, batch, dataloader_idx: int):
         if not self.permute or self.trainer is None or not self.trainer.training:
             return batch
-        return permute_words(batch, self._permute_ids, self.augmentation_generator(batch.inputs.device))
+        return permute_words(batch, self._permute_ids, self.augmentation_generator(batch.inputs.device),
+                             size=len(self.vocab))
 
     def _loader(self, split: str, train: bool) -> StoryLoader:
         rank, world = self._dist()
