@@ -219,18 +219,20 @@ def test_validation_sees_the_evaluation_view_during_fit(tmp_path, tiny_cifar):
     assert not any(torch.allclose(seen["train"][0], v, atol=1e-4) for v in views)
 
 
-@pytest.mark.parametrize("k", [1, 3])
-def test_fast_recipe_runs_its_one_cycle_to_the_end(tmp_path, tiny_cifar, k):
-    """experiment=fast/cifar_cnn_bn: the one-cycle schedule's length is filled in from the
-    run (optimizer steps, grouped minibatches counted one by one, a short last group too), so
-    it ends exactly at the last step (OneCycleLR raises on a step past its end; a longer one
-    would stop before its floor)."""
+@pytest.mark.parametrize("recipe, k", [("cifar_cnn_bn", 1), ("cifar_cnn_bn", 3), ("cifar_cnn", 1)])
+def test_fast_recipe_runs_its_one_cycle_to_the_end(tmp_path, tiny_cifar, recipe, k):
+    """experiment=fast/cifar_cnn_bn and fast/cifar_cnn: the one-cycle schedule's length is
+    filled in from the run (optimizer steps, grouped minibatches counted one by one, a short
+    last group too), so it ends exactly at the last step (OneCycleLR raises on a step past its
+    end; a longer one would stop before its floor)."""
     from fodl.checkpoint import read_checkpoint
 
-    cfg = compose_train(["experiment=fast/cifar_cnn_bn", f"paths.data_dir={tiny_cifar}", *FAST,
+    cfg = compose_train([f"experiment=fast/{recipe}", f"paths.data_dir={tiny_cifar}", *FAST,
                          "data.val_size=50", "data.batch_size=10", "trainer.max_epochs=2",
                          f"data.steps_per_execution={k}", "test=false"], tmp_path / "r")
     assert cfg.model.label_smoothing == 0.1 and cfg.model.scheduler_interval == "step" and cfg.model.channels_last
+    # the same net as model=<recipe>: only the training recipe differs
+    assert cfg.model.net == compose_train([f"model={recipe}"], tmp_path / "m").model.net
     train(cfg)
     ckpt = read_checkpoint(tmp_path / "r" / "checkpoints" / "last.ckpt")
     (sched,) = ckpt["lr_schedulers"]
@@ -298,3 +300,59 @@ def test_channels_last_needs_a_convolution(tmp_path):
         ClassifierModule(torch.nn.Linear(4, 2), optimizer=None, channels_last=True)
     with pytest.raises(FodlError, match="cuda_graph"):
         ClassifierModule(CIFARConvNet(), optimizer=None, channels_last=True, cuda_graph=True)
+
+
+def _sgd_steps(module, x, y, steps=4):
+    opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        loss = module.training_loss((x, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
+def test_compile_trains_like_eager_and_keeps_checkpoint_keys():
+    """model.compile=true: same losses, outputs and weights as the eager net after a few SGD
+    steps (stated tolerance 1e-4: the compiled kernels may sum in another order), and the same
+    state_dict keys, so checkpoints of either load into the other."""
+    import copy
+
+    from fodl.models import ClassifierModule
+
+    torch._dynamo.reset()
+    torch.manual_seed(0)
+    net = CIFARConvNet(batch_norm=True, dropout=0.0)
+    x, y = torch.randn(16, 3, 24, 24), torch.randint(0, 10, (16,))
+    runs = []
+    for compiled in (False, True):
+        module = ClassifierModule(copy.deepcopy(net), optimizer=None, channels_last=True,
+                                  compile=compiled)
+        losses = _sgd_steps(module, x, y)
+        with torch.no_grad():
+            runs.append((losses, module.eval()(x), module.state_dict()))
+    (l0, out0, sd0), (l1, out1, sd1) = runs
+    assert l0[-1] < l0[0]  # it trained
+    assert torch.allclose(torch.tensor(l0), torch.tensor(l1), atol=1e-4)
+    assert torch.allclose(out0, out1, atol=1e-4)
+    assert list(sd0) == list(sd1)
+    assert all(torch.allclose(sd0[k].float(), sd1[k].float(), atol=1e-4) for k in sd0)
+
+
+def test_compile_errors_name_the_fix(monkeypatch):
+    from fodl.models import ClassifierModule
+
+    with pytest.raises(FodlError, match="cuda_graph"):
+        ClassifierModule(CIFARConvNet(), optimizer=None, compile=True, cuda_graph=True)
+    # no working C++ compiler for the CPU backend (and no cached build to fall back on)
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch._inductor.config, "fx_graph_cache", False)
+    monkeypatch.setattr(torch._functorch.config, "enable_autograd_cache", False)
+    monkeypatch.setattr(torch._inductor.config.cpp, "cxx", (None, "/nonexistent/g++"))
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3), torch.nn.Tanh())
+    module = ClassifierModule(net, optimizer=None, num_classes=3, compile=True)  # tanh: a generated kernel
+    with pytest.raises(FodlError, match=r"model.compile=true: torch.compile could not build .*"
+                                        r"model.compile=false"):
+        module.training_loss((torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])))

@@ -247,7 +247,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "gradient_clip_val": Number(min=0.0, min_open=True, none=True), "cuda_graph": Flag(),
     },
     "fodl.models.classifier.ClassifierModule": {"num_classes": Number(integer=True, min=2),
-                                                 "channels_last": Flag()},
+                                                 "channels_last": Flag(), "compile": Flag()},
     "fodl.nets.mlp.MLP": {
         "in_features": POSITIVE_INT, "hidden": Seq(POSITIVE_INT),
         "num_classes": Number(integer=True, min=2), "init": Choice(*_INITS),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, Callable
 
 import torch
@@ -25,6 +26,11 @@ class ClassifierModule(FodlModule):
             channels-last (NHWC) memory layout. Same numbers up to float rounding; on this
             project's CPU the book's CIFAR net trains markedly faster per epoch (measured in
             the README, chapter 5). Needs a net with 2-d convolutions.
+        compile: ``torch.compile`` the net in place (``nn.Module.compile``: checkpoints keep
+            the eager net's keys, so either kind loads into the other). The first training
+            step and the first evaluation step compile (seconds to a minute); the numbers
+            match eager within float rounding. Measured on the CPU for the book's CIFAR net:
+            no faster (README, chapter 5), so no CPU recipe sets it. Not with ``cuda_graph``.
         optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph: the shared
             training loop's settings (:class:`~fodl.models.base.FodlModule`).
 
@@ -43,6 +49,7 @@ class ClassifierModule(FodlModule):
         cuda_graph: bool = False,
         label_smoothing: float = 0.0,
         channels_last: bool = False,
+        compile: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
@@ -56,8 +63,18 @@ class ClassifierModule(FodlModule):
         if channels_last and cuda_graph:
             raise FodlError("model.channels_last=true and model.cuda_graph=true are not supported "
                             "together; set one of them to false.")
+        if compile and cuda_graph:
+            raise FodlError("model.compile=true and model.cuda_graph=true both take over the "
+                            "net's call; set one of them to false.")
+        if compile and not torch._dynamo.is_dynamo_supported():
+            raise FodlError(f"model.compile=true: torch.compile does not support this platform "
+                            f"(Python {sys.version.split()[0]}, torch {torch.__version__}). Set "
+                            "model.compile=false (the eager net computes the same numbers).")
         self.channels_last = channels_last
         self.net = net.to(memory_format=torch.channels_last) if channels_last else net
+        self.compile_net = compile
+        if compile:
+            self.net.compile()
         self.label_smoothing = label_smoothing
         self.val_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
         self.test_acc = MulticlassAccuracy(num_classes=num_classes, average="micro")
@@ -69,15 +86,31 @@ class ClassifierModule(FodlModule):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(self.layout(x))
+        return self._call_net(self.net, self.layout(x))
+
+    def _call_net(self, net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+        """``net(x)``; with ``compile``, a failure to build the compiled net (e.g. no C++
+        compiler for the CPU backend) is reported as what to do about it."""
+        if not self.compile_net:
+            return net(x)
+        try:
+            return net(x)
+        except torch._dynamo.exc.BackendCompilerFailed as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise FodlError(f"model.compile=true: torch.compile could not build the net on "
+                            f"{x.device.type} ({reason}). Set model.compile=false (the eager net "
+                            "computes the same numbers), or give torch the toolchain its "
+                            "backend needs (CPU: a C++ compiler, e.g. g++, or CXX=<path>; "
+                            "GPU: Triton).") from e
 
     def training_loss(self, batch) -> torch.Tensor:
         x, y = batch
-        return F.cross_entropy(self.run_net(self.layout(x)), y, label_smoothing=self.label_smoothing)
+        logits = self._call_net(self.run_net, self.layout(x))
+        return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def _eval_step(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
-        logits = self.net(self.layout(x))
+        logits = self._call_net(self.net, self.layout(x))
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
                  batch_size=len(y), prog_bar=stage == "val")
         metric.update(logits, y)
@@ -90,4 +123,4 @@ class ClassifierModule(FodlModule):
         self._eval_step(batch, "test", self.test_acc)
 
     def predict_step(self, batch, batch_idx: int) -> torch.Tensor:
-        return self.net(self.layout(batch[0])).argmax(-1)
+        return self(batch[0]).argmax(-1)
