@@ -356,3 +356,28 @@ def test_compile_errors_name_the_fix(monkeypatch):
     with pytest.raises(FodlError, match=r"model.compile=true: torch.compile could not build .*"
                                         r"model.compile=false"):
         module.training_loss((torch.randn(5, 3, 2, 2), torch.tensor([0, 1, 2, 0, 1])))
+
+
+def test_bf16_mixed_trains_like_fp32(tmp_path, tiny_cifar):
+    """trainer.precision=bf16-mixed (CPU autocast; on this project's CPU ~2.5x faster per step
+    for the CIFAR net, README chapter 5) through the real train() path, channels-last: the
+    per-epoch training losses stay within a stated 0.05 of the fp32 run's (bf16 keeps ~3
+    significant digits in the forward pass; the weights and optimizer stay fp32; measured
+    gap < 0.01 at this rate), and it learns as well."""
+    import csv
+
+    runs = {}
+    for precision in ("32-true", "bf16-mixed"):
+        cfg = compose_train(["experiment=fast/cifar_cnn_bn", f"paths.data_dir={tiny_cifar}", *FAST,
+                             "data.val_size=50", "trainer.max_epochs=4", "data.batch_size=25",
+                             "data.augment=false", "optimizer.lr=0.02", f"trainer.precision={precision}",
+                             "logger=csv"],
+                            tmp_path / precision)
+        metrics = train(cfg)
+        rows = list(csv.DictReader(open(next((tmp_path / precision).rglob("metrics.csv")))))
+        runs[precision] = ([float(r["train/loss"]) for r in rows if r.get("train/loss")], metrics)
+    (l32, m32), (l16, m16) = runs["32-true"], runs["bf16-mixed"]
+    assert len(l32) == len(l16) == 4 and l32[-1] < l32[0]
+    assert l32 != l16  # bf16 really ran (the losses are not bit-identical)
+    assert max(abs(a - b) for a, b in zip(l32, l16)) < 0.05
+    assert m16["test/acc"] > 0.5 and abs(m16["test/acc"] - m32["test/acc"]) <= 0.05
