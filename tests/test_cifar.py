@@ -381,3 +381,27 @@ def test_bf16_mixed_trains_like_fp32(tmp_path, tiny_cifar):
     assert l32 != l16  # bf16 really ran (the losses are not bit-identical)
     assert max(abs(a - b) for a, b in zip(l32, l16)) < 0.05
     assert m16["test/acc"] > 0.5 and abs(m16["test/acc"] - m32["test/acc"]) <= 0.05
+
+
+@pytest.mark.parametrize("precision, has_bf16, warned", [
+    ("bf16-mixed", False, "bf16-mixed"), ("16-mixed", False, "bf16-mixed"),  # (16-mixed runs as bf16 on a CPU)
+    ("bf16-mixed", True, None), ("32-true", False, None),
+])
+def test_bf16_on_a_cpu_without_its_kernels_warns(monkeypatch, caplog, precision, has_bf16, warned):
+    import lightning as L
+
+    from fodl import train as train_module
+
+    monkeypatch.setattr(train_module, "_cpu_has_bf16", lambda: has_bf16)
+    trainer = L.Trainer(accelerator="cpu", devices=1, precision=precision, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False)
+    caplog.clear()  # (the Trainer's own info lines)
+    with caplog.at_level("WARNING", logger="fodl.train"):
+        train_module._warn_slow_cpu_precision(trainer)
+    records = [r for r in caplog.records if r.name == "fodl.train"]
+    if warned is None:
+        assert not records
+    else:
+        (record,) = records
+        assert f"trainer.precision={warned} on a CPU without native bfloat16" in record.message
+        assert "Set trainer.precision=32-true" in record.message
