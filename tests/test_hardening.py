@@ -157,6 +157,27 @@ def test_compare_trains_both_loops_on_the_same_minibatches(tiny_mnist):
     assert len(r["plain_all"]) == len(r["fodl_all"]) == 3
 
 
+def test_compare_runs_the_plain_loop_in_the_runs_precision(tiny_mnist):
+    """Under trainer.precision=bf16-mixed the plain loop's forward runs under bfloat16
+    autocast too (same arithmetic as fodl's), and a precision it cannot mirror is refused."""
+    import torch
+
+    from fodl.benchmark import _plain_autocast
+    from fodl.errors import FodlError
+
+    with _plain_autocast("bf16-mixed", torch.device("cpu")):
+        assert torch.is_autocast_enabled("cpu") and torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    with _plain_autocast("32-true", torch.device("cpu")):
+        assert not torch.is_autocast_enabled("cpu")
+    with pytest.raises(FodlError, match="16-mixed"):
+        _plain_autocast("16-mixed", torch.device("cuda"))
+    r = compare("mnist_mlp", str(tiny_mnist), epochs=2,
+                extra=["data.val_size=200", "callbacks.progress_bar.refresh_rate=0",
+                       "trainer.precision=bf16-mixed"])
+    assert r["plain_loss_first"] > r["plain_loss_last"] and len(r["fodl_all"]) == 2
+
+
 def test_predict_and_eval_on_the_validation_split(tmp_path, tiny_mnist):
     trained = train(train_cfg(tmp_path, tiny_mnist, "model=mnist_mlp", "trainer.max_epochs=2", "test=false"))
     last = tmp_path / "run" / "checkpoints" / "last.ckpt"

@@ -14,6 +14,7 @@ from hydra.utils import instantiate
 
 from fodl.config import compose_run
 from fodl.data.loader import StepGroup, TensorLoader
+from fodl.errors import FodlError
 from fodl.train import build
 
 
@@ -125,6 +126,21 @@ def _plain_batches(datamodule, device: torch.device, max_batches: int | None = N
     return batches
 
 
+def _plain_autocast(precision: str, device: torch.device):
+    """The plain loop's forward context for the fodl run's ``trainer.precision``: what
+    Lightning's precision plugin does for the forward pass (bf16-mixed: autocast to bfloat16,
+    weights and optimizer in fp32; no gradient scaling is involved)."""
+    import contextlib
+
+    if precision in ("32-true", "32"):
+        return contextlib.nullcontext()
+    if precision == "bf16-mixed":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    raise FodlError(f"scripts/benchmark.py: the plain loop runs trainer.precision=32-true or "
+                    f"bf16-mixed, not {precision!r} (16-mixed needs gradient scaling on a GPU, "
+                    "which the plain loop does not do). Pick one of those two.")
+
+
 def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu",
             extra: list[str] | None = None) -> dict[str, float]:
     """Seconds per training epoch of a plain loop and of fodl, interleaved epoch by epoch
@@ -152,9 +168,11 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
         tokens = sum(count(b) for b in batches(0)) if count is not None else None
 
         plain_losses: list[float] = []
+        autocast = _plain_autocast(str(trainer.precision), device)
 
         def plain_loss(batch):
-            loss = plain.training_loss(batch)
+            with autocast:
+                loss = plain.training_loss(batch)
             plain_losses.append(loss.detach())
             return loss
 
