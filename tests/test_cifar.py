@@ -359,7 +359,7 @@ def test_compile_errors_name_the_fix(monkeypatch):
 
 
 def test_bf16_mixed_trains_like_fp32(tmp_path, tiny_cifar):
-    """trainer.precision=bf16-mixed (CPU autocast; on this project's CPU ~2.5x faster per step
+    """trainer.precision=bf16-mixed (CPU autocast; on this project's CPU markedly faster per epoch
     for the CIFAR net, README chapter 5) through the real train() path, channels-last: the
     per-epoch training losses stay within a stated 0.05 of the fp32 run's (bf16 keeps ~3
     significant digits in the forward pass; the weights and optimizer stay fp32; measured
