@@ -262,6 +262,18 @@ def test_label_smoothing_changes_only_the_training_loss(tmp_path, tiny_cifar):
         module(1.5)
 
 
+def _sgd_steps(module, x, y, steps=4):
+    opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(steps):
+        loss = module.training_loss((x, y))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    return losses
+
+
 def test_channels_last_trains_like_the_default_layout():
     """model.channels_last=true: same losses and weights as NCHW after a few SGD steps (up
     to float rounding, stated tolerance 1e-4), with both BN and dropout-free nets."""
@@ -275,14 +287,7 @@ def test_channels_last_trains_like_the_default_layout():
     runs = []
     for cl in (False, True):
         module = ClassifierModule(copy.deepcopy(net), optimizer=None, channels_last=cl)
-        opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
-        losses = []
-        for _ in range(4):
-            loss = module.training_loss((x, y))
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            losses.append(loss.item())
+        losses = _sgd_steps(module, x, y)
         conv = next(m for m in module.net.modules() if isinstance(m, torch.nn.Conv2d))
         assert conv.weight.is_contiguous(memory_format=torch.channels_last) == cl
         runs.append((losses, module.eval()(x), module.net.state_dict()))
@@ -301,17 +306,6 @@ def test_channels_last_needs_a_convolution(tmp_path):
     with pytest.raises(FodlError, match="cuda_graph"):
         ClassifierModule(CIFARConvNet(), optimizer=None, channels_last=True, cuda_graph=True)
 
-
-def _sgd_steps(module, x, y, steps=4):
-    opt = torch.optim.SGD(module.parameters(), lr=0.05, momentum=0.9)
-    losses = []
-    for _ in range(steps):
-        loss = module.training_loss((x, y))
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        losses.append(loss.item())
-    return losses
 
 
 def test_compile_trains_like_eager_and_keeps_checkpoint_keys():

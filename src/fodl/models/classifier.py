@@ -86,13 +86,12 @@ class ClassifierModule(FodlModule):
         return x
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self._call_net(self.net, self.layout(x))
+        x = self.layout(x)
+        return self._call_net(self.net, x) if self.compile_net else self.net(x)
 
     def _call_net(self, net: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
-        """``net(x)``; with ``compile``, a failure to build the compiled net (e.g. no C++
+        """``net(x)`` where a failure to build the compiled net (``compile``; e.g. no C++
         compiler for the CPU backend) is reported as what to do about it."""
-        if not self.compile_net:
-            return net(x)
         try:
             return net(x)
         except torch._dynamo.exc.BackendCompilerFailed as e:
@@ -105,12 +104,13 @@ class ClassifierModule(FodlModule):
 
     def training_loss(self, batch) -> torch.Tensor:
         x, y = batch
-        logits = self._call_net(self.run_net, self.layout(x))
+        x = self.layout(x)
+        logits = self._call_net(self.run_net, x) if self.compile_net else self.run_net(x)
         return F.cross_entropy(logits, y, label_smoothing=self.label_smoothing)
 
     def _eval_step(self, batch, stage: str, metric: MulticlassAccuracy) -> None:
         x, y = batch
-        logits = self._call_net(self.net, self.layout(x))
+        logits = self(x)
         self.log(f"{stage}/loss", F.cross_entropy(logits, y), on_epoch=True, sync_dist=True,
                  batch_size=len(y), prog_bar=stage == "val")
         metric.update(logits, y)
