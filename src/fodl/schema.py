@@ -37,6 +37,15 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from fodl.errors import FodlError
+from fodl.models.autoencoder import LOSSES as _AE_LOSSES
+from fodl.models.autoencoder import SPARSITY as _SPARSITY
+from fodl.models.skipgram import LOSSES as _SKIPGRAM_LOSSES
+from fodl.nets.autoencoder import BOOK_INIT as _AE_BOOK_INIT
+from fodl.nets.dnc import CONTROLLERS as _CONTROLLERS
+from fodl.nets.init import INITS as _INITS
+from fodl.nets.seq2seq import ATTENTIONS as _ATTENTIONS
+from fodl.nets.skipgram import INITS as _SKIPGRAM_INITS
+from fodl.text.tokenize import TOKENIZERS as _TOKENIZERS
 
 # -- rules ----------------------------------------------------------------------------------
 
@@ -194,6 +203,21 @@ class AnyOf(Rule):
 
 
 @dataclass(frozen=True)
+class Pattern(Rule):
+    """A string that matches the regular expression ``regex`` as a whole."""
+
+    regex: str
+
+    def ok(self, v: Any) -> bool:
+        import re
+
+        return isinstance(v, str) and re.fullmatch(self.regex, v.strip()) is not None
+
+    def allowed(self) -> str:
+        return f"a string matching {self.regex}"
+
+
+@dataclass(frozen=True)
 class Object(Rule):
     """A parameter that takes an object (a module, a callable, a tensor): in a config, a node
     with ``_target_`` (checked on its own)."""
@@ -219,9 +243,14 @@ POSITIVE_INT = Number(integer=True, min=1)
 FRACTION = Number(min=0.0, max=1.0, max_open=True)  # e.g. dropout: [0, 1)
 
 # -- the rules: one entry per class (dotted path of its definition); subclasses inherit --------
+# Allowed names come from the modules that define them (never copied here), so a new init,
+# loss or attention is allowed as soon as the code has it.
 
-_INITS = ("zeros", "he_normal", "uniform", "torch")   # fodl.nets.init.INITS
+
 _BATCHES = AnyOf(Number(integer=True, min=0), Number(min=0.0, max=1.0), Choice(None))
+_PROBABILITY = Number(min=0.0, max=1.0)  # e.g. epsilon, teacher forcing: [0, 1]
+_NONNEG_INT = Number(integer=True, min=0)
+_OFF = ("none", "null", "")  # a string that switches an option off, as null does
 
 RULES: dict[str, dict[str, Rule]] = {
     # data ------------------------------------------------------------------------------------
@@ -234,6 +263,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
         "val_size": Number(integer=True, min=0, max=59999), "download": Flag(),
         "verify": Choice("content", "md5"), "standardize": Flag(),
+        "shift": Number(integer=True, min=0, max=13),
     },
     "fodl.data.cifar.CIFAR10DataModule": {
         "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
@@ -247,7 +277,8 @@ RULES: dict[str, dict[str, Rule]] = {
         "gradient_clip_val": Number(min=0.0, min_open=True, none=True), "cuda_graph": Flag(),
     },
     "fodl.models.classifier.ClassifierModule": {"num_classes": Number(integer=True, min=2),
-                                                 "channels_last": Flag(), "compile": Flag()},
+                                                 "channels_last": Flag(), "compile": Flag(),
+                                                 "label_smoothing": FRACTION},
     "fodl.nets.mlp.MLP": {
         "in_features": POSITIVE_INT, "hidden": Seq(POSITIVE_INT),
         "num_classes": Number(integer=True, min=2), "init": Choice(*_INITS),
@@ -264,7 +295,7 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     # chapter 8: the DNC, its LSTM baseline, the sequence module, copy task and bAbI -------------
     "fodl.nets.dnc.DNC": {
-        "controller": Choice("lstm", "feedforward"), "hidden_size": POSITIVE_INT,
+        "controller": Choice(*_CONTROLLERS), "hidden_size": POSITIVE_INT,
         "memory_size": POSITIVE_INT, "word_size": POSITIVE_INT, "read_heads": POSITIVE_INT,
         "clip": Number(min=0.0), "init": Choice(*_INITS), "compile": Flag(),
     },
@@ -292,6 +323,114 @@ RULES: dict[str, dict[str, Rule]] = {
         "unit": Choice("word", "sentence"),
         "permute": Seq(Seq(Text(nonempty=True), 2), none=True),
     },
+    # chapter 6: autoencoders, skip-gram and its corpus -----------------------------------------
+    "fodl.nets.autoencoder.Autoencoder": {
+        "in_features": POSITIVE_INT, "hidden": Seq(POSITIVE_INT), "code_size": POSITIVE_INT,
+        "init": Choice(_AE_BOOK_INIT, *_INITS), "hidden_dropout": FRACTION,
+    },
+    "fodl.models.autoencoder.AutoencoderModule": {
+        "noise_fraction": FRACTION, "eval_noise_fraction": Number(min=0.0, max=1.0, max_open=True, none=True),
+        "loss": Choice(*_AE_LOSSES), "sparsity": Choice(*_SPARSITY, *_OFF),
+        "sparsity_weight": Number(min=0.0),
+        "sparsity_target": Number(min=0.0, max=1.0, min_open=True, max_open=True),
+        "log_images": _NONNEG_INT, "projector_size": _NONNEG_INT,
+    },
+    "fodl.nets.skipgram.SkipGramNet": {
+        "vocab_size": POSITIVE_INT, "embedding_dim": POSITIVE_INT, "init": Choice(*_SKIPGRAM_INITS),
+    },
+    "fodl.models.skipgram.SkipGramModule": {
+        "loss": Choice(*_SKIPGRAM_LOSSES), "reduction": Choice("mean", "sum"),
+        "negatives_per_pair": POSITIVE_INT, "neighbours": _NONNEG_INT,
+        "neighbours_from": POSITIVE_INT, "top_k": POSITIVE_INT, "seed": _NONNEG_INT,
+    },
+    "fodl.data.corpus.CorpusDataModule": {
+        "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
+        "min_count": POSITIVE_INT, "max_size": Number(integer=True, min=1, none=True),
+        "max_documents": Number(integer=True, min=1, none=True), "subsample": Number(min=0.0),
+        "window": POSITIVE_INT, "num_skips": Number(integer=True, min=1, none=True),
+        "batch_size": POSITIVE_INT, "block_size": POSITIVE_INT, "noise_samples": POSITIVE_INT,
+        "noise_power": Number(min=0.0), "analogy_restrict": POSITIVE_INT,
+        "eval_batch_size": POSITIVE_INT, "steps_per_execution": POSITIVE_INT,
+        "seed": Number(integer=True, min=0, none=True),
+    },
+    # chapter 7: the POS tagger, the sentiment LSTM, seq2seq and their data ----------------------
+    "fodl.nets.tagger.WindowTaggerNet": {
+        "vocab_size": POSITIVE_INT, "embedding_dim": POSITIVE_INT, "left": _NONNEG_INT,
+        "right": _NONNEG_INT, "num_tags": Number(integer=True, min=2),
+        "hidden": Seq(POSITIVE_INT, none=True), "suffix_lengths": Seq(POSITIVE_INT, none=True),
+        "suffix_vocab_size": POSITIVE_INT, "suffix_dim": _NONNEG_INT, "shape_dim": _NONNEG_INT,
+        "style": Choice("book", "modern"), "dropout": FRACTION, "word_dropout": FRACTION,
+    },
+    "fodl.data.conll.CoNLLDataModule": {
+        "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
+        "layout": Choice("pos", "official"), "verify": Choice("content", "md5"),
+        "val_size": _NONNEG_INT, "split_seed": _NONNEG_INT, "left": _NONNEG_INT,
+        "right": _NONNEG_INT, "suffix_lengths": Seq(POSITIVE_INT, none=True),
+        "min_count": POSITIVE_INT, "max_words": POSITIVE_INT, "max_suffixes": POSITIVE_INT,
+        "vectors_limit": Number(integer=True, min=1, none=True),
+    },
+    "fodl.nets.lstm.LSTMClassifierNet": {
+        "vocab_size": POSITIVE_INT, "embedding_dim": POSITIVE_INT, "hidden_size": POSITIVE_INT,
+        "num_layers": POSITIVE_INT, "dropout": FRACTION, "num_classes": Number(integer=True, min=2),
+        "output": Choice("linear", "book"),
+    },
+    "fodl.data.imdb.IMDBDataModule": {
+        "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
+        "tokenizer": Choice(*_TOKENIZERS), "max_len": POSITIVE_INT, "max_size": POSITIVE_INT,
+        "min_count": POSITIVE_INT, "val_size": _NONNEG_INT, "split_seed": _NONNEG_INT,
+        "bucket_batches": _NONNEG_INT,
+    },
+    "fodl.nets.seq2seq.Seq2SeqNet": {
+        "src_vocab_size": POSITIVE_INT, "tgt_vocab_size": POSITIVE_INT,
+        "embedding_dim": POSITIVE_INT, "hidden_size": POSITIVE_INT,
+        "decoder_hidden_size": Number(integer=True, min=1, none=True), "num_layers": POSITIVE_INT,
+        "attention": Choice(*_ATTENTIONS), "attention_dim": Number(integer=True, min=1, none=True),
+        "dropout": FRACTION, "teacher_forcing": _PROBABILITY,
+    },
+    "fodl.models.seq2seq.Seq2SeqModule": {
+        "label_smoothing": FRACTION, "decode": Choice("greedy", "beam"), "beam_size": POSITIVE_INT,
+        "length_penalty": Number(min=0.0), "max_decode_len": POSITIVE_INT, "samples": _NONNEG_INT,
+    },
+    "fodl.data.parallel.ParallelTextDataModule": {
+        "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
+        "corpus": Choice("multi30k", "files"), "src": Text(nonempty=True), "tgt": Text(nonempty=True),
+        "min_count": POSITIVE_INT, "src_max_size": Number(integer=True, min=5, none=True),
+        "tgt_max_size": Number(integer=True, min=5, none=True), "max_len": Number(integer=True, min=2),
+        "val_size": _NONNEG_INT, "split_seed": _NONNEG_INT, "bucket_batches": _NONNEG_INT,
+    },
+    # chapter 9: the agents, their nets and environments' data ----------------------------------
+    "fodl.nets.rl.ActionMLP": {"hidden": Seq(POSITIVE_INT), "init": Choice(*_INITS),
+                               "num_actions": POSITIVE_INT},
+    "fodl.nets.rl.NatureCNN": {"hidden": POSITIVE_INT, "padding": Choice("valid", "same"),
+                               "init": Choice(*_INITS), "num_actions": POSITIVE_INT},
+    "fodl.models.rl.AgentModule": {
+        "log_every_env_steps": POSITIVE_INT, "torch_threads": Number(integer=True, min=1, none=True),
+        "fused_optimizer": Flag(), "gamma": _PROBABILITY, "epsilon_start": _PROBABILITY,
+        "epsilon_end": _PROBABILITY,
+    },
+    "fodl.models.dqn.DQNModule": {
+        "target_update_interval": POSITIVE_INT, "tau": Number(min=0.0, max=1.0, min_open=True),
+        "loss": Choice("huber", "mse"), "huber_delta": Number(min=0.0, min_open=True),
+        "epsilon_decay_steps": _NONNEG_INT, "eval_epsilon": _PROBABILITY,
+    },
+    "fodl.models.policy_gradient.PolicyGradientModule": {
+        "baseline": Choice(None, "none", "value"), "value_coef": Number(min=0.0),
+        "entropy_coef": Number(min=0.0), "exploration": Choice("sample", "epsilon_greedy"),
+        "epsilon_decay_episodes": _NONNEG_INT, "eval_mode": Choice("greedy", "sample"),
+    },
+    "fodl.data.rl._EnvDataModule": {
+        "num_envs": POSITIVE_INT, "vectorization": Choice("sync", "async"),
+        "eval_episodes": POSITIVE_INT, "test_episodes": Number(integer=True, min=1, none=True),
+        "eval_num_envs": Number(integer=True, min=1, none=True),
+        "seed": Number(integer=True, min=0, none=True),
+    },
+    "fodl.data.rl.ReplayDataModule": {
+        "buffer_size": POSITIVE_INT, "batch_size": POSITIVE_INT, "learning_starts": _NONNEG_INT,
+        "train_freq": POSITIVE_INT, "gradient_steps": POSITIVE_INT, "steps_per_epoch": POSITIVE_INT,
+        "on_device": Flag(),
+    },
+    "fodl.data.rl.EpisodeDataModule": {"episodes_per_batch": POSITIVE_INT,
+                                       "batches_per_epoch": POSITIVE_INT},
     # optimizers and schedules (every torch optimizer / scheduler) ------------------------------
     "torch.optim.optimizer.Optimizer": {
         "lr": Number(min=0.0, min_open=True), "momentum": Number(min=0.0),
@@ -311,7 +450,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "min_epochs": Number(integer=True, min=0, none=True),
         "max_steps": Number(integer=True, min=1, also=(-1,)),
         "devices": AnyOf(Number(integer=True, min=1, also=(-1,)), Seq(Number(integer=True, min=0), 1),
-                         Text(nonempty=True),
+                         Pattern(r"auto|-1|\d+|\d+(,\d*)+"),
                          text="a number of devices >= 1 (-1: all), a non-empty list of device "
                               "indices, or a string such as 'auto' or '0,1'"),
         "num_nodes": POSITIVE_INT,
@@ -529,6 +668,25 @@ class _Checker:
             if key in resolved and not rule.ok(resolved[key]):
                 self.bad(key, resolved[key], rule)
 
+    def machine(self, resolved: dict[str, Any]) -> None:
+        """An accelerator this machine does not have (Lightning would stop deep inside its
+        Trainer), or more GPUs than it has."""
+        trainer = resolved.get("trainer")
+        if not isinstance(trainer, dict):
+            return
+        import torch
+
+        acc, devices = trainer.get("accelerator"), trainer.get("devices")
+        have = {"gpu": torch.cuda.device_count(), "cuda": torch.cuda.device_count(),
+                "mps": int(torch.backends.mps.is_available())}.get(acc)
+        if have == 0:
+            self.error("trainer.accelerator", f"trainer.accelerator={acc} but this machine has no "
+                       f"{'CUDA GPU' if acc != 'mps' else 'Apple MPS device'} that PyTorch can use; "
+                       "use trainer.accelerator=cpu (or auto, which takes what there is)")
+        elif have and isinstance(devices, int) and not isinstance(devices, bool) and devices > have:
+            self.error("trainer.devices", f"trainer.devices={devices} but this machine has {have} "
+                       f"{acc} device{'s' if have > 1 else ''}; give at most {have} (or -1: all)")
+
     def walk(self, node: Any, path: str) -> None:
         if isinstance(node, dict):
             if path and path in self.interpolations:
@@ -602,6 +760,7 @@ def check_config(cfg: DictConfig) -> None:
     checker = _Checker(cfg)
     checker.root(resolved)
     checker.walk(resolved, "")
+    checker.machine(resolved)
     errors = checker.messages()
     if errors:
         n = len(errors)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from fodl.callbacks import ConfigInCheckpoint
 from fodl.checkpoint import check_compatible, load_module, read_checkpoint
 from fodl.cluster import global_rank  # also registers the run-directory resolvers
-from fodl.errors import FodlError
+from fodl.errors import FodlError, user_error
 from fodl.hparams import HParamsSession, finish_run
 from fodl.resume import continue_tensorboard, resolve_ckpt_path
 from fodl.schema import check_config
@@ -116,9 +116,28 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks") + [ConfigInCheckpoint(resolved),
                                                                        HParamsSession(resolved)]
     loggers = _instantiate_all(cfg.get("logger"), "logger")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer = _trainer(cfg, callbacks=callbacks, logger=loggers or False)
     _warn_slow_cpu_precision(trainer)
     return datamodule, model, trainer
+
+
+def _trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
+    """``instantiate(cfg.trainer, **kwargs)``; settings that Lightning refuses (a combination
+    fodl.schema does not know, e.g. a strategy for this accelerator) end in a FodlError with
+    Lightning's reason, not its traceback."""
+    from hydra.errors import InstantiationException
+    from lightning.fabric.utilities.exceptions import MisconfigurationException
+
+    try:
+        return instantiate(cfg.trainer, **kwargs)
+    except InstantiationException as e:
+        cause = e.__cause__
+        if not isinstance(cause, (MisconfigurationException, ValueError)) or isinstance(cause, FodlError):
+            raise
+        reason = " ".join(str(cause).split())
+        raise FodlError(f"Lightning refused the trainer settings (trainer.*): {reason} Change the "
+                        "trainer.* values it names (python scripts/train.py --cfg job shows them), "
+                        "or pick a trainer config: trainer=cpu, trainer=gpu, trainer=ddp.") from None
 
 
 def _cpu_has_bf16() -> bool:
@@ -193,7 +212,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     overrides.setdefault("cache_dir", cfg.paths.cache_dir)
     module, data_cfg, _ = load_module(cfg.ckpt_path, overrides)
     datamodule = instantiate(data_cfg)
-    trainer: L.Trainer = instantiate(cfg.trainer, logger=False, callbacks=[])
+    trainer = _trainer(cfg, logger=False, callbacks=[])
     run = trainer.test if cfg.split == "test" else trainer.validate
     result = run(module, datamodule=datamodule, verbose=True)
     metrics = _floats(result[0] if result else {})
@@ -250,15 +269,16 @@ def run_entry(fn, cfg: DictConfig):
     _rank_aware_logging()
     try:
         metrics = fn(cfg)
-    except FodlError as e:
+    except Exception as raised:
+        e = user_error(raised)  # also a FodlError that Hydra's instantiate wrapped
+        if e is None:
+            log.exception("the run failed with an unexpected error (traceback above); please report it "
+                          "with this log if it is not caused by your configuration")
+            raise
         log.error("%s", e)
         if _in_sweep():
             raise FodlError(str(e)) from None
         raise SystemExit(2) from None
-    except Exception:
-        log.exception("the run failed with an unexpected error (traceback above); please report it "
-                      "with this log if it is not caused by your configuration")
-        raise
     name = cfg.get("optimized_metric")
     if not name:
         return None
