@@ -20,6 +20,7 @@ Remote paths (``s3://`` ...) keep Lightning's own path.
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 from pathlib import Path
 from typing import Any, Optional
@@ -54,10 +55,44 @@ def atomic_save(obj: Any, path: str | os.PathLike) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
+    except BaseException as e:
         tmp.unlink(missing_ok=True)
+        if isinstance(e, (OSError, RuntimeError)):  # torch reports a full disk as RuntimeError
+            raise unwritable(target, e) from None
         raise
     _fsync_dir(target.parent)
+
+
+def unwritable(target: Path, e: BaseException) -> Exception:
+    """The ``FodlError`` for a file that could not be written (full disk, read-only or missing
+    directory, no permission): what happened, that nothing already written was lost, and the fix."""
+    import errno
+
+    from fodl.errors import FodlError
+
+    text = " ".join(str(e).split())
+    chain = [e]
+    while chain[-1].__cause__ or chain[-1].__context__:
+        chain.append(chain[-1].__cause__ or chain[-1].__context__)
+    code = next((c.errno for c in chain if getattr(c, "errno", None)), None)
+    try:
+        free = shutil.disk_usage(next(p for p in (target.parent, *target.parents) if p.exists())).free
+    except (OSError, StopIteration):
+        free = None
+    if (code == errno.ENOSPC or any("No space left on device" in str(c) for c in chain)
+            or (free is not None and free < 1 << 20)):  # torch's full-disk error names neither
+        reason = "no space left on the device" + (f" ({free} bytes free)" if free is not None else "")
+    elif code in (errno.EROFS, errno.EACCES, errno.EPERM) or "Read-only file system" in text:
+        reason = f"the directory is not writable ({os.strerror(code) if code else text[:200]})"
+    else:
+        reason = f"{type(e).__name__}: {text[:200]}"
+    kept = (f"{target} still holds the previous complete checkpoint" if target.exists()
+            else "no partial file was left behind")
+    return FodlError(
+        f"Could not write {target}: {reason}. Nothing already written was lost ({kept}; the "
+        "run's other checkpoints and logs are untouched). Free space or make the directory "
+        "writable (or give another one: hydra.run.dir=..., paths.log_dir=...), then continue "
+        "the run with ckpt_path=auto.")
 
 
 def _fsync_dir(d: Path) -> None:

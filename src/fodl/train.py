@@ -10,6 +10,8 @@ from typing import Any
 import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import CompactHydraException
+from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
@@ -195,11 +197,26 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if trainer.is_global_zero:
         finish_run(trainer)  # HPARAMS trial ends; every logger flushed and closed (fodl.hparams)
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        _write_metrics(Path(cfg.paths.output_dir), metrics)
         log.info("metrics: %s", json.dumps(metrics, sort_keys=True))
     return metrics
+
+
+def _write_metrics(out: Path, metrics: dict[str, float]) -> None:
+    """``out/metrics.json``, written atomically; a full disk or read-only directory is a
+    FodlError naming the file (the metrics are in the log line above it too)."""
+    from fodl.checkpoint_io import unwritable
+
+    target = out / "metrics.json"
+    tmp = out / ".metrics.json.tmp"
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        tmp.replace(target)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        log.info("metrics: %s", json.dumps(metrics, sort_keys=True))
+        raise unwritable(target, e) from None
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -217,9 +234,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     result = run(module, datamodule=datamodule, verbose=True)
     metrics = _floats(result[0] if result else {})
     if trainer.is_global_zero:
-        out = Path(cfg.paths.output_dir)
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+        _write_metrics(Path(cfg.paths.output_dir), metrics)
     return metrics
 
 
@@ -260,6 +275,43 @@ def _in_sweep() -> bool:
         return False
 
 
+class WritableOutputs(Callback):
+    """Hydra callback (conf/hydra/default.yaml): before Hydra creates the run (or sweep)
+    directory, make sure it can be written, so a read-only or missing mount ends in one
+    paragraph naming the directory (exit status 2), not in Hydra's traceback."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_writable(config.hydra.run.dir, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        _check_writable(config.hydra.sweep.dir, "hydra.sweep.dir")
+
+
+def _check_writable(directory: str, key: str) -> None:
+    import tempfile
+
+    d = Path(directory).expanduser().absolute()
+    existing = next((p for p in (d, *d.parents) if p.exists()), None)
+    try:
+        if existing is None or not existing.is_dir():
+            raise NotADirectoryError(f"{existing} is not a directory")
+        with tempfile.TemporaryDirectory(dir=existing, prefix=".fodl-write-check-"):
+            pass
+    except OSError as e:
+        import sys
+
+        print(f"error: Cannot write the run's outputs to {d} ({key}={directory}): "
+              f"{e.strerror or e}. Nothing was run, and nothing already written was changed. Give "
+              f"a writable directory: paths.log_dir=<dir> (all runs) or {key}=<dir> (this one).",
+              file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+class SweepFodlError(FodlError, CompactHydraException):
+    """A sweep job's FodlError as it is handed to the launcher: Hydra prints a
+    ``CompactHydraException`` as its message alone when it ends the sweep, without a traceback."""
+
+
 def run_entry(fn, cfg: DictConfig):
     """Run ``fn(cfg)``; a ``FodlError`` prints its one-paragraph message and exits with 2. Any
     other exception is written to the run's log (train.log) with its traceback, then raised.
@@ -277,7 +329,7 @@ def run_entry(fn, cfg: DictConfig):
             raise
         log.error("%s", e)
         if _in_sweep():
-            raise FodlError(str(e)) from None
+            raise SweepFodlError(str(e)) from None
         raise SystemExit(2) from None
     name = cfg.get("optimized_metric")
     if not name:
@@ -287,6 +339,6 @@ def run_entry(fn, cfg: DictConfig):
                f"{', '.join(sorted(metrics))}). Set optimized_metric to one of those names.")
         log.error("%s", msg)
         if _in_sweep():
-            raise FodlError(msg)
+            raise SweepFodlError(msg)
         raise SystemExit(2)
     return metrics[name]
