@@ -20,12 +20,12 @@ import torch
 from hydra.utils import instantiate
 
 from fodl.analysis.interpolation import alpha_grid, interpolate
-from fodl.checkpoint import load_run
+from fodl.checkpoint import load_classifier_run
 from fodl.errors import reports_errors
 
 
 def run(ckpt: str, out: Path, seed: int = 0, step: float = 0.01, data_dir: str | None = None) -> dict:
-    module, dm, cfg = load_run(ckpt, data_dir, "test")
+    module, dm, cfg = load_classifier_run(ckpt, data_dir, "test", "interpolate.py")
     torch.manual_seed(seed)
     initial = instantiate(cfg.model.net)  # a fresh draw of the run's own initialisation
     x, y = dm.splits["test"]

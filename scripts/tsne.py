@@ -14,12 +14,12 @@ from pathlib import Path
 import torch
 
 from fodl.analysis.embedding import penultimate_features, tsne
-from fodl.checkpoint import load_run
+from fodl.checkpoint import load_classifier_run
 from fodl.errors import reports_errors
 
 
 def run(ckpt: str, out: Path, n: int = 2000, seed: int = 0, data_dir: str | None = None) -> Path:
-    module, dm, _ = load_run(ckpt, data_dir, "test")
+    module, dm, _ = load_classifier_run(ckpt, data_dir, "test", "tsne.py")
     x, y = dm.splits["test"]
     idx = torch.randperm(len(x), generator=torch.Generator().manual_seed(seed))[:n]
     x, y = x[idx], y[idx]

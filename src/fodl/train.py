@@ -86,6 +86,31 @@ def _floats(metrics) -> dict[str, float]:
     return {k: float(v) for k, v in metrics.items()}
 
 
+class MonitoredMetrics(L.Callback):
+    """At the end of the first validation of training (not the sanity check: a family may log
+    some of its metrics only then), every metric a callback monitors (``monitor``: the best checkpoint, early stopping ...) must have
+    been logged; a misspelled one stops the run there with one paragraph listing what was
+    logged, before any checkpoint is written (Lightning would raise at the first checkpoint,
+    with a traceback)."""
+
+    def __init__(self) -> None:
+        self.checked = False
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self.checked or trainer.sanity_checking:
+            return
+        self.checked = True
+        logged = set(trainer.callback_metrics)
+        wanted = {m for c in trainer.callbacks if isinstance(m := getattr(c, "monitor", None), str)}
+        missing = sorted(wanted - logged)
+        if missing:
+            shown = ", ".join(sorted(k for k in logged if "/" in k) or sorted(logged))
+            raise FodlError(
+                f"monitor={missing[0]} is not a metric this model logs (logged: {shown}), so the "
+                "best checkpoint (and early stopping, if on) cannot follow it. Set monitor= to one "
+                "of those names (and monitor_mode=min or max to match it).")
+
+
 def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.Trainer]:
     """Instantiate the datamodule, module and trainer of a run config (seeded first).
 
@@ -115,8 +140,8 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
-    callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks") + [ConfigInCheckpoint(resolved),
-                                                                       HParamsSession(resolved)]
+    callbacks = [MonitoredMetrics(), *_instantiate_all(cfg.get("callbacks"), "callbacks"),
+                 ConfigInCheckpoint(resolved), HParamsSession(resolved)]
     loggers = _instantiate_all(cfg.get("logger"), "logger")
     trainer = _trainer(cfg, callbacks=callbacks, logger=loggers or False)
     _warn_slow_cpu_precision(trainer)

@@ -52,6 +52,7 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
     none gives a file with the published checksum.
     """
     dest = Path(dest)
+    created = [d for d in (dest.parent, *dest.parent.parents) if not d.exists()]  # deepest first
     dest.parent.mkdir(parents=True, exist_ok=True)
     problems = []
     for url in urls:
@@ -71,6 +72,11 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
         finally:
             if os.path.exists(tmp):
                 os.unlink(tmp)
+    for d in created:  # a mistyped paths.data_dir is not left behind as empty directories
+        try:
+            d.rmdir()
+        except OSError:
+            break
     raise FodlError(
         f"Could not download {dest.name} (" + "; ".join(problems) + "). "
         f"Put the file at {dest} yourself, or point paths.data_dir (env FODL_DATA_DIR) at a "
