@@ -17,9 +17,10 @@ from hydra.core.global_hydra import GlobalHydra
 
 from conftest import ROOT, make_mnist_like, run_script, train_cfg
 from fodl.checkpoint import load_run, read_checkpoint
-from fodl.cluster import SweepReport, launcher_problems, run_id
+from fodl.cluster import launcher_problems, run_id
 from fodl.config import CONF_DIR
 from fodl.errors import FodlError
+from fodl.sweep import SweepReport
 from fodl.train import build
 
 QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]

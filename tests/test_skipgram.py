@@ -9,17 +9,17 @@ import pytest
 import torch
 
 from conftest import FAST, ROOT, SHARED_DATA, compose_train, shared_file, train_cfg
-from fodl.analysis.analogy import (
+from fodl.checkpoint import read_checkpoint
+from fodl.data import corpus as corpus_data
+from fodl.data.corpus import CorpusDataModule, block_pairs, block_positive_mask, keep_probabilities
+from fodl.errors import FodlError
+from fodl.metrics.analogy import (
     AnalogyQuestions,
     encode_analogies,
     evaluate_analogies,
     nearest_neighbours,
     read_analogies,
 )
-from fodl.checkpoint import read_checkpoint
-from fodl.data import corpus as corpus_data
-from fodl.data.corpus import CorpusDataModule, block_pairs, block_positive_mask, keep_probabilities
-from fodl.errors import FodlError
 from fodl.models.skipgram import SkipGramModule, _check_sparse_optimizer
 from fodl.nets.skipgram import SkipGramNet
 from fodl.train import train

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from fodl.errors import FodlError
-from fodl.text.pad import length_mask, load_text_state, pad_ids, store_text_state
+from fodl.text.pad import length_mask, pad_ids
+from fodl.text.state import load_text_state, store_text_state
 from fodl.text.tokenize import get_tokenizer, tokenize, treebank_tokenize, word_tokenize
 from fodl.text.vectors import embedding_from_vectors, read_word2vec, write_word2vec
 from fodl.text.vocab import BOS, EOS, PAD, UNK, Vocabulary

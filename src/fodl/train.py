@@ -245,7 +245,7 @@ def run_entry(fn, cfg: DictConfig):
     """Run ``fn(cfg)``; a ``FodlError`` prints its one-paragraph message and exits with 2. Any
     other exception is written to the run's log (train.log) with its traceback, then raised.
     In a sweep (``-m``) a job never exits the process: its error is raised to the launcher,
-    which records the job as failed while the other jobs go on (fodl.cluster.SweepReport)."""
+    which records the job as failed while the other jobs go on (fodl.sweep.SweepReport)."""
     torch.set_float32_matmul_precision("high")
     _rank_aware_logging()
     try:

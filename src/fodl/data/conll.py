@@ -32,6 +32,7 @@ import torch
 
 from fodl.data.base import InMemoryDataModule, resolve_data_dir
 from fodl.data.download import cached, download
+from fodl.data.vectors import load_word_vectors
 from fodl.errors import FodlError
 from fodl.text.corpus import read_text_file
 from fodl.text.vectors import read_word2vec
@@ -265,8 +266,6 @@ class CoNLLDataModule(InMemoryDataModule):
         path = self._vectors_path()
         if path.suffix != ".ckpt":
             return read_word2vec(path, limit=self.vectors_limit)
-        from fodl.analysis.word_vectors import load_word_vectors
-
         vectors, vocab = load_word_vectors(path)
         n, end = vocab.num_specials, None if self.vectors_limit is None else vocab.num_specials + self.vectors_limit
         return vocab.words[n:end], vectors[n:end]

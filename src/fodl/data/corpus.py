@@ -32,11 +32,11 @@ from typing import Callable, Iterator, NamedTuple, Sequence
 import lightning as L
 import torch
 
-from fodl.analysis.analogy import AnalogySet, encode_analogies, read_analogies
 from fodl.data.base import InMemoryDataModule, resolve_data_dir
 from fodl.data.download import cached, download, file_digest
 from fodl.data.loader import TensorLoader
 from fodl.errors import FodlError
+from fodl.metrics.analogy import AnalogySet, encode_analogies, read_analogies
 from fodl.text.corpus import encode_corpus
 from fodl.text.vocab import UNK, Vocabulary
 
@@ -190,7 +190,7 @@ class SkipGramLoader:
 
 class AnalogyLoader:
     """The encoded analogy questions in chunks: ``(questions, section, candidates, canon)``
-    (see :class:`~fodl.analysis.analogy.AnalogySet`); under DDP each process takes every
+    (see :class:`~fodl.metrics.analogy.AnalogySet`); under DDP each process takes every
     ``world_size``-th question."""
 
     def __init__(self, aset: AnalogySet, batch_size: int, rank: int = 0, world_size: int = 1,

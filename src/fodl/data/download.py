@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
 import http.client
 import logging
-import lzma
 import os
 import shutil
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from fodl.archive import (
+    reading_archive,  # also the readers' import (fodl.data.download.reading_archive)
+)
 from fodl.errors import FodlError
 
 log = logging.getLogger(__name__)
@@ -29,8 +28,6 @@ log = logging.getLogger(__name__)
 # ConnectionError, timeouts, and any other OSError of the socket or the local file.
 TRANSFER_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
                    TimeoutError, OSError)
-# What reading a truncated or corrupt (compressed) tar archive raises.
-ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 # Written last into a folder that ``extract_tar_atomically`` completed.
 EXTRACTED_MARK = ".fodl-extracted"
 
@@ -76,21 +73,6 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
         f"Put the file at {dest} yourself, or point paths.data_dir (env FODL_DATA_DIR) at a "
         "directory that has it."
     )
-
-
-@contextlib.contextmanager
-def reading_archive(archive: Path) -> Iterator[None]:
-    """Turn the low-level errors of a truncated or corrupt archive (tarfile, EOFError, zlib,
-    ...) raised inside the block into one ``FodlError`` naming the archive and the fix."""
-    try:
-        yield
-    except ARCHIVE_ERRORS as e:
-        detail = " ".join(str(e).split()) or type(e).__name__
-        raise FodlError(
-            f"{archive} is truncated or corrupt, so it cannot be read ({type(e).__name__}: "
-            f"{detail}). Delete it and download it again (with data.download=true the official "
-            "archive is fetched and md5-verified), or replace it with an intact copy."
-        ) from None
 
 
 def check_tar_members(archive: Path, members: Sequence[tarfile.TarInfo]) -> None:

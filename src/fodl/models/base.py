@@ -28,7 +28,7 @@ from torch import nn
 
 from fodl.data.loader import StepGroup
 from fodl.errors import FodlError
-from fodl.text.pad import TEXT_KEY, load_text_state, store_text_state
+from fodl.text.state import TEXT_KEY, load_text_state, store_text_state
 
 # Attributes Lightning writes around every hook call (about 30 times per training step). They
 # hold strings / None, never parameters, buffers or modules, so nn.Module's bookkeeping in
