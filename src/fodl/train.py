@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 from fodl.callbacks import ConfigInCheckpoint
 from fodl.checkpoint import check_compatible, load_module, read_checkpoint
 from fodl.cluster import global_rank  # also registers the run-directory resolvers
+from fodl.compat import cpu_has_bf16
+from fodl.config import flatten
 from fodl.errors import FodlError
 from fodl.hparams import HParamsSession, finish_run
 from fodl.resume import continue_tensorboard, resolve_ckpt_path
@@ -69,15 +71,9 @@ def _check_resume(ckpt: dict[str, Any], resolved: dict[str, Any], path: str) -> 
             "(drop those overrides), or start a new run for a new schedule.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "/"))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def _flat(d: dict) -> dict[str, Any]:
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in flatten(d, sep="/").items()}
 
 
 def _floats(metrics) -> dict[str, float]:
@@ -113,17 +109,38 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
+    loop_settings = _loop_settings(cfg.trainer, model)
     callbacks = _instantiate_all(cfg.get("callbacks"), "callbacks") + [ConfigInCheckpoint(resolved),
                                                                        HParamsSession(resolved)]
     loggers = _instantiate_all(cfg.get("logger"), "logger")
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     **loop_settings)
     _warn_slow_cpu_precision(trainer)
     return datamodule, model, trainer
 
 
+# what Lightning refuses for manual optimisation (every fodl family): fodl's loop does it instead
+_LOOP_SETTINGS = {"gradient_clip_val": None, "gradient_clip_algorithm": None,
+                  "accumulate_grad_batches": 1}
+
+
+def _loop_settings(trainer_cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
+    """Hand ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm`` /
+    ``accumulate_grad_batches`` to the module's own loop (Lightning raises on them under
+    manual optimisation); returns the trainer arguments that replace them (their defaults)."""
+    given = {k: trainer_cfg.get(k) for k in _LOOP_SETTINGS if trainer_cfg.get(k) is not None}
+    if not given or given == {"accumulate_grad_batches": 1}:
+        return {}
+    use = getattr(model, "use_trainer_settings", None)
+    if use is None:  # not a fodl loop: Lightning's own handling applies
+        return {}
+    use(**given)
+    return dict(_LOOP_SETTINGS)
+
+
 def _cpu_has_bf16() -> bool:
     """Whether oneDNN has native bfloat16 kernels on this CPU (AVX512 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return cpu_has_bf16()
 
 
 def _warn_slow_cpu_precision(trainer: L.Trainer) -> None:
@@ -216,9 +233,9 @@ class _RankZeroLogs(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return False
-        if not getattr(record, "_fodl_rank", False):
+        if not getattr(record, "fodl_rank", False):
             record.msg = f"[rank {self.rank}] {record.msg}"
-            record._fodl_rank = True
+            record.fodl_rank = True
         return True
 
 

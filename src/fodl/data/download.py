@@ -40,8 +40,10 @@ def file_digest(path: str | Path, algorithm: str = "md5", chunk: int = 1 << 20) 
     return h.hexdigest()
 
 
-def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: float = 60) -> Path:
-    """Download the first mirror that answers to ``dest``, verify its md5, move it in atomically.
+def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: float = 60,
+             sha1: str | None = None) -> Path:
+    """Download the first mirror that answers to ``dest``, verify its published checksum (md5
+    or sha1), move it in atomically.
 
     A partial or corrupt download never appears under ``dest``'s name. A mirror that fails in
     any way (refused, HTTP error, connection dropped mid-transfer, timeout, wrong checksum) is
@@ -58,8 +60,10 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
                 while block := r.read(1 << 20):
                     out.write(block)
-            if md5 is not None and (got := file_digest(tmp, "md5")) != md5:
-                problems.append(f"{url}: md5 {got} != published {md5}")
+            bad = [f"{name} {got}, published {want}" for name, want in (("md5", md5), ("sha1", sha1))
+                   if want is not None and (got := file_digest(tmp, name)) != want]
+            if bad:
+                problems.append(f"{url}: the download fails its checksum ({'; '.join(bad)})")
                 continue
             os.replace(tmp, dest)
             return dest
