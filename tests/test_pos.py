@@ -12,13 +12,12 @@ import sys
 import pytest
 import torch
 
-from conftest import FAST, ROOT, compose_train, run_script, shared_file
+from conftest import FAST, ROOT, compose_train, run_script, shared_file, write_word2vec
 from fodl.checkpoint import read_checkpoint
 from fodl.data.conll import CoNLLDataModule, read_conll
 from fodl.errors import FodlError
 from fodl.models.tagger import TaggerModule, load_tagger
 from fodl.nets.tagger import WindowTaggerNet
-from fodl.text.vectors import write_word2vec
 from fodl.text.window import SHAPES, WindowFeaturizer, word_shape
 from fodl.train import train
 

@@ -100,12 +100,6 @@ def read_conll(path: str | Path, columns: tuple[int, ...] = (2, 3)) -> list[Sent
     return sentences
 
 
-def book_sentence_tokens() -> list[str]:
-    from fodl.text.tokenize import treebank_tokenize
-
-    return treebank_tokenize(BOOK_SENTENCE)
-
-
 class CoNLLDataModule(InMemoryDataModule):
     """CoNLL-2000 POS tagging as windows of token features (see the module docstring).
 
