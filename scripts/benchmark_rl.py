@@ -11,7 +11,7 @@ import argparse
 import time
 from pathlib import Path
 
-from fodl.rl.benchmark import benchmark
+from fodl.analysis.rl_bench import benchmark
 
 
 def main() -> None:

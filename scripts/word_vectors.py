@@ -15,12 +15,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from fodl.analysis.analogy import (
-    encode_analogies,
-    evaluate_analogies,
-    format_analogies,
-    read_analogies,
-)
 from fodl.analysis.word_vectors import (
     analogy,
     export_projector,
@@ -30,6 +24,12 @@ from fodl.analysis.word_vectors import (
 )
 from fodl.config import default_data_dir
 from fodl.errors import reports_errors
+from fodl.metrics.analogy import (
+    encode_analogies,
+    evaluate_analogies,
+    format_analogies,
+    read_analogies,
+)
 
 
 @reports_errors

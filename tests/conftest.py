@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 import subprocess
 import sys
@@ -9,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from fodl.config import compose_run
 from fodl.data.idx import write_idx
@@ -44,6 +46,46 @@ def make_mnist_like(root: Path, n_train: int = 1200, n_test: int = 300, seed: in
     write_idx(d / "t10k-images-idx3-ubyte.gz", xte)
     write_idx(d / "t10k-labels-idx1-ubyte.gz", yte)
     return root
+
+
+def write_word2vec(path: str | Path, words: list[str], vectors: torch.Tensor,
+                   binary: bool = False) -> Path:
+    """Write ``vectors`` (one row per word) in word2vec's text or binary format, as word2vec and
+    gensim write them: test files for ``fodl.text.vectors.read_word2vec``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    v = vectors.detach().float().cpu().numpy()
+    if len(words) != len(v):
+        raise ValueError(f"{len(words)} words but {len(v)} vectors")
+    bad = [w for w in words if not w or any(c.isspace() for c in w)]
+    if bad:
+        raise ValueError(f"Words with whitespace cannot be written in word2vec format: {bad[:5]}")
+    with open(path, "wb") as f:
+        f.write(f"{len(words)} {v.shape[1]}\n".encode())
+        for w, row in zip(words, v):
+            if binary:
+                f.write(w.encode("utf-8") + b" " + row.astype("<f4").tobytes() + b"\n")
+            else:
+                buf = io.StringIO()
+                np.savetxt(buf, row[None], fmt="%.9g", delimiter=" ", newline="")
+                f.write(f"{w} {buf.getvalue()}\n".encode())
+    return path
+
+
+# overrides that keep a subprocess run's output short
+QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
+
+
+@pytest.fixture
+def workdir(tmp_path) -> Path:
+    """A run directory with learnable MNIST-format data under ``data/``."""
+    make_mnist_like(tmp_path / "data")
+    return tmp_path
+
+
+def workdir_data(workdir: Path) -> list[str]:
+    """Overrides that train on ``workdir``'s data, quietly."""
+    return [f"paths.data_dir={workdir / 'data'}", "data.val_size=200", *QUIET]
 
 
 @pytest.fixture

@@ -4,20 +4,8 @@ import json
 
 import pytest
 
-from conftest import make_mnist_like, run_script
+from conftest import run_script, workdir_data
 from fodl.checkpoint import read_checkpoint
-
-QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    make_mnist_like(tmp_path / "data")
-    return tmp_path
-
-
-def _data(workdir):
-    return [f"paths.data_dir={workdir / 'data'}", "data.val_size=200", *QUIET]
 
 
 def test_unknown_model_lists_the_available_ones(workdir):
@@ -50,7 +38,7 @@ def test_bad_checkpoint_is_a_clear_error(workdir):
 
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_then_eval_agrees(workdir):
-    r = run_script("train.py", [*_data(workdir), "trainer.max_epochs=2", "trainer.accelerator=cpu",
+    r = run_script("train.py", [*workdir_data(workdir), "trainer.max_epochs=2", "trainer.accelerator=cpu",
                                 "trainer.devices=2"], workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Starting with 2 processes" in r.stdout + r.stderr
@@ -73,7 +61,7 @@ def test_ddp_two_cpu_processes_then_eval_agrees(workdir):
 
 @pytest.mark.slow
 def test_multirun_two_models(workdir):
-    r = run_script("train.py", ["-m", "model=logreg,mnist_mlp", *_data(workdir),
+    r = run_script("train.py", ["-m", "model=logreg,mnist_mlp", *workdir_data(workdir),
                                 "trainer.max_epochs=1"], workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (workdir / "outputs" / "multiruns").iterdir()
@@ -96,7 +84,7 @@ def test_multirun_two_models(workdir):
 def test_optuna_search_runs(workdir):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     r = run_script("train.py", ["hparams_search=mnist_mlp_optuna", "hydra.sweeper.n_trials=2",
-                                *_data(workdir), "trainer.max_epochs=1"], workdir)
+                                *workdir_data(workdir), "trainer.max_epochs=1"], workdir)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (workdir / "outputs" / "hparams_search").iterdir()
     import yaml

@@ -23,7 +23,7 @@ from fodl.data.babi import (
 )
 from fodl.data.copy_task import CopyTaskDataModule, make_copy_batch
 from fodl.errors import FodlError
-from fodl.models.sequence import SequenceModule
+from fodl.models.memory import MemoryModule
 from fodl.nets.dnc import (
     DNC,
     SequenceLSTM,
@@ -315,7 +315,7 @@ def test_babi_datamodule_encodes_scores_and_names_missing_files(tmp_path):
 
 
 def test_babi_scoring_counts_a_question_right_only_when_all_its_words_are():
-    module = SequenceModule(lambda **kw: SequenceLSTM(hidden_size=4, **kw), optimizer=None, vocab_size=10)
+    module = MemoryModule(lambda **kw: SequenceLSTM(hidden_size=4, **kw), optimizer=None, vocab_size=10)
     # one story: a 1-word question (right) then a 2-word question (one word wrong)
     tokens = T([5, 3, 4, 6, 3, 4, 4], dtype=torch.int32)
     answers = T([0, 0, 7, 0, 0, 8, 9], dtype=torch.int32)
@@ -329,7 +329,7 @@ def test_babi_scoring_counts_a_question_right_only_when_all_its_words_are():
 
 def test_sequence_module_needs_a_sequence_task():
     with pytest.raises(FodlError, match="data=copy"):
-        SequenceModule(lambda **kw: None, optimizer=None)
+        MemoryModule(lambda **kw: None, optimizer=None)
 
 
 # -- through the real train() path -------------------------------------------------------------

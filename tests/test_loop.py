@@ -195,3 +195,67 @@ def test_direct_steps_skip_only_empty_hooks_and_train_identically():
     assert steps == [16, 16]
     for k in weights[0]:
         torch.testing.assert_close(weights[0][k], weights[1][k], rtol=0, atol=0)
+
+
+class _GradNorms(L.Callback):
+    """The total gradient norm each optimizer step takes (after the loop's clipping)."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer):
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        self.seen.append(float(torch.linalg.vector_norm(torch.stack(
+            [torch.linalg.vector_norm(g) for g in grads]))))
+
+
+def test_trainer_clipping_and_accumulation_are_the_loops(tmp_path, tiny_mnist):
+    """`+trainer.gradient_clip_val` / `+trainer.accumulate_grad_batches` (which Lightning
+    refuses under manual optimisation) become the loop's: every step's gradient norm is
+    clipped to 0.5 (unclipped they are larger), and 6 minibatches make 3 optimizer steps."""
+    from fodl.train import build
+
+    common = ("model=mnist_mlp", "trainer.max_epochs=1", "+trainer.limit_train_batches=6",
+              "test=false", "data.steps_per_execution=1", "optimizer.lr=0.5")
+    seen = {}
+    for run, extra in (("plain", ()), ("clipped", ("+trainer.gradient_clip_val=0.5",
+                                                    "+trainer.accumulate_grad_batches=2"))):
+        dm, model, trainer = build(train_cfg(tmp_path, tiny_mnist, *common, *extra, run=run))
+        norms = _GradNorms()
+        trainer.callbacks.append(norms)
+        trainer.fit(model, datamodule=dm)
+        seen[run] = (norms.seen, trainer.global_step, model, trainer)
+    plain, clipped = seen["plain"], seen["clipped"]
+    assert plain[1] == 6 and max(plain[0]) > 0.5
+    norms, steps, model, trainer = clipped
+    assert steps == 3 and len(norms) == 3 and max(norms) <= 0.5 + 1e-5
+    assert model.gradient_clip_val == 0.5 and model.accumulate_grad_batches == 2
+    assert trainer.gradient_clip_val is None and trainer.accumulate_grad_batches == 1
+
+
+def test_accumulation_steps_every_k_minibatches_on_their_mean_gradient():
+    """Two minibatches of 8 accumulated = one of 16 (mean losses, plain SGD); an epoch's odd
+    last minibatch still steps (9 minibatches: 5 steps)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(72, 3, generator=g), torch.randn(72, 1, generator=g)
+    weights, steps = [], []
+    for batch_size, k, n in ((8, 2, 64), (16, 1, 64), (8, 2, 72)):
+        torch.manual_seed(0)
+        module = _Regression()
+        module.use_trainer_settings(accumulate_grad_batches=k)
+        trainer = _trainer(max_epochs=1, num_sanity_val_steps=0, limit_val_batches=0)
+        trainer.fit(module, train_dataloaders=TensorLoader((x[:n], y[:n]), batch_size))
+        weights.append(module.net.weight.detach().clone())
+        steps.append(trainer.global_step)
+    assert steps == [4, 4, 5]
+    torch.testing.assert_close(weights[0], weights[1])
+
+
+def test_trainer_and_model_clipping_that_disagree_are_refused(tmp_path, tiny_mnist):
+    from fodl.errors import FodlError
+    from fodl.train import build
+
+    cfg = train_cfg(tmp_path, tiny_mnist, "model=mnist_mlp", "+trainer.gradient_clip_val=0.5",
+                    "+model.gradient_clip_val=1.0")
+    with pytest.raises(FodlError, match="trainer.gradient_clip_val=0.5 and model.gradient_clip_val"):
+        build(cfg)

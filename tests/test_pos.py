@@ -12,13 +12,12 @@ import sys
 import pytest
 import torch
 
-from conftest import FAST, ROOT, compose_train, run_script, shared_file
+from conftest import FAST, ROOT, compose_train, run_script, shared_file, write_word2vec
 from fodl.checkpoint import read_checkpoint
 from fodl.data.conll import CoNLLDataModule, read_conll
 from fodl.errors import FodlError
 from fodl.models.tagger import TaggerModule, load_tagger
 from fodl.nets.tagger import WindowTaggerNet
-from fodl.text.vectors import write_word2vec
 from fodl.text.window import SHAPES, WindowFeaturizer, word_shape
 from fodl.train import train
 
@@ -314,21 +313,16 @@ def test_pretrained_word2vec_initialises_the_embedding(tmp_path):
     assert not torch.allclose(emb[fw["cat"]], torch.zeros(16))  # others keep their random init
 
 
-@pytest.mark.parametrize("layout", ["fodl_text", "legacy"])
-def test_a_skipgram_checkpoint_loads_as_vectors(tmp_path, layout):
+def test_a_skipgram_checkpoint_loads_as_vectors(tmp_path):
     wv = pytest.importorskip("fodl.analysis.word_vectors")
+    from fodl.text.state import store_text_state
     from fodl.text.vocab import UNK, Vocabulary
 
     data = tiny_conll(tmp_path / "data")
     vocab = Vocabulary.build(["the"] * 3 + ["dog"] * 2 + ["zebra"], specials=(UNK,), unk=UNK)
     emb = torch.randn(5, 16)  # more rows than words, as a skip-gram net has
     ckpt = {"state_dict": {wv.EMBEDDING_KEY: emb}}
-    if layout == "legacy":  # checkpoints written before 2026-11-23 kept it under "vocabulary"
-        ckpt["vocabulary"] = vocab.to_dict()
-    else:
-        from fodl.text.pad import store_text_state
-
-        store_text_state(ckpt, {"words": vocab})
+    store_text_state(ckpt, {"words": vocab})
     torch.save(ckpt, data / "skipgram.ckpt")
     dm = CoNLLDataModule(data, val_size=30, max_words=100, max_suffixes=200, vectors="skipgram.ckpt")
     assert dm.read_vectors()[0] == ["the", "dog", "zebra"]

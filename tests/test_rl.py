@@ -426,7 +426,7 @@ def test_evaluation_time_excludes_what_happens_between_episodes():
         def agent(self):
             return RandomAgent2()
 
-        def _eval_env(self, split):
+        def eval_env(self, split):
             return self.envs
 
     stub = Stub()

@@ -15,25 +15,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 
-from conftest import ROOT, make_mnist_like, run_script, train_cfg
+from conftest import ROOT, run_script, train_cfg, workdir_data
 from fodl.checkpoint import load_run, read_checkpoint
-from fodl.cluster import SweepReport, launcher_problems, run_id
+from fodl.cluster import launcher_problems, run_id
 from fodl.config import CONF_DIR
 from fodl.errors import FodlError
+from fodl.sweep import SweepReport
 from fodl.train import build
 
-QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
 TRAIN = str(ROOT / "scripts" / "train.py")
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    make_mnist_like(tmp_path / "data")
-    return tmp_path
-
-
-def _data(workdir):
-    return [f"paths.data_dir={workdir / 'data'}", "data.val_size=200", *QUIET]
 
 
 def _free_port() -> int:
@@ -142,7 +132,7 @@ def test_two_nodes_on_loopback_train_one_model(workdir, launcher):
     launches with their node ranks: by torchrun, or as srun would under SLURM (Lightning's
     SLURMEnvironment). Same final weights on both, one run directory, metrics counted once."""
     port = _free_port()
-    args = [*_data(workdir), "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.devices=1",
+    args = [*workdir_data(workdir), "trainer.max_epochs=2", "trainer.accelerator=cpu", "trainer.devices=1",
             "trainer.num_nodes=2", "trainer.strategy=ddp", "callbacks.parameter_summaries=null",
             "+callbacks.probe._target_=probes.SaveRankWeights", f"+callbacks.probe.out_dir={workdir / 'ranks'}"]
     procs = []
@@ -196,7 +186,7 @@ def test_slurm_preemption_requeues_and_the_job_resumes_in_the_same_run(workdir):
     requeues = workdir / "scontrol.log"
     env = _env(**_slurm(4242, 0, 1, _free_port()), PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
                FAKE_SCONTROL_LOG=requeues)
-    args = [TRAIN, *_data(workdir), "trainer.max_epochs=4", "data.steps_per_execution=1",
+    args = [TRAIN, *workdir_data(workdir), "trainer.max_epochs=4", "data.steps_per_execution=1",
             "test=false", "callbacks.parameter_summaries=null", "ckpt_path=auto"]
     sys.path.insert(0, str(ROOT / "scripts"))
     try:

@@ -9,25 +9,14 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, make_mnist_like, run_script, train_cfg
+from conftest import ROOT, run_script, train_cfg, workdir_data
 from fodl.analysis.aggregate import report, write_job_status
 from fodl.callbacks import RichProgressBar
 from fodl.progress import EpochLines, progress_bar
 from fodl.train import train
 
-QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
 # two minibatches per job: a learning rate of 1e30 makes the second loss non-finite
 FAST_JOB = ["+trainer.fast_dev_run=2", "data.steps_per_execution=1"]
-
-
-@pytest.fixture
-def workdir(tmp_path):
-    make_mnist_like(tmp_path / "data")
-    return tmp_path
-
-
-def _data(workdir):
-    return [f"paths.data_dir={workdir / 'data'}", "data.val_size=200", *QUIET]
 
 
 LAUNCHERS = {
@@ -45,7 +34,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(workdir, launcher):
     if launcher != "basic":
         pytest.importorskip(f"hydra_plugins.hydra_{launcher.split('_')[0]}_launcher")
     lrs = ["0.01", "0.02", "1e30", "0.05"] if launcher == "basic" else ["0.01", "1e30", "0.05"]
-    r = run_script("train.py", ["-m", *LAUNCHERS[launcher], *_data(workdir), *FAST_JOB,
+    r = run_script("train.py", ["-m", *LAUNCHERS[launcher], *workdir_data(workdir), *FAST_JOB,
                                 f"optimizer.lr={','.join(lrs)}"], workdir)
     out = r.stdout + r.stderr
     assert r.returncode == 1, out[-3000:]  # the sweep says that a job failed ...
@@ -72,7 +61,7 @@ def test_a_failing_job_is_recorded_and_the_others_finish(workdir, launcher):
 def test_an_optuna_study_goes_on_past_a_failed_trial(workdir):
     pytest.importorskip("hydra_plugins.hydra_optuna_sweeper")
     r = run_script("train.py", ["hparams_search=mnist_mlp_optuna", "hydra.sweeper.n_trials=4",
-                                "optimizer.lr=choice(0.05,1e30)", *_data(workdir), *FAST_JOB],
+                                "optimizer.lr=choice(0.05,1e30)", *workdir_data(workdir), *FAST_JOB],
                    workdir)
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     (sweep,) = (workdir / "outputs" / "hparams_search").iterdir()

@@ -6,10 +6,12 @@ import gzip
 import pytest
 import torch
 
+from conftest import write_word2vec
 from fodl.errors import FodlError
-from fodl.text.pad import length_mask, load_text_state, pad_ids, store_text_state
+from fodl.text.pad import length_mask, pad_ids
+from fodl.text.state import load_text_state, store_text_state
 from fodl.text.tokenize import get_tokenizer, tokenize, treebank_tokenize, word_tokenize
-from fodl.text.vectors import embedding_from_vectors, read_word2vec, write_word2vec
+from fodl.text.vectors import read_word2vec
 from fodl.text.vocab import BOS, EOS, PAD, UNK, Vocabulary
 
 
@@ -113,9 +115,3 @@ def test_glove_text_without_header_and_errors(tmp_path):
         read_word2vec(cut, binary=True)
     with pytest.raises(FodlError, match="do not exist"):
         read_word2vec(tmp_path / "missing.bin")
-
-
-def test_embedding_from_vectors_prefers_the_exact_form():
-    m, found = embedding_from_vectors(["<pad>", "bank", "Paris"], ["Bank", "bank", "paris"],
-                                      torch.tensor([[1.0], [2.0], [3.0]]))
-    assert found.tolist() == [False, True, True] and m.squeeze(1).tolist() == [0.0, 2.0, 3.0]

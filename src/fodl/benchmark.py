@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 
 from fodl.config import compose_run
-from fodl.data.loader import StepGroup, TensorLoader
+from fodl.data.loader import TensorLoader
 from fodl.errors import FodlError
 from fodl.train import build
 
@@ -103,7 +103,7 @@ def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
 
 def _plain_batches(datamodule, device: torch.device, max_batches: int | None = None):
     """``epoch -> iterable of minibatches``: the datamodule's own training batches, one at a
-    time (groups of ``steps_per_execution`` are flattened), on ``device``, one process; the
+    time (a fodl loader's ``minibatches()``), on ``device``, one process; the
     first ``max_batches`` of each epoch (``trainer.limit_train_batches`` as an int), as fodl's."""
     if hasattr(datamodule, "benchmark_loader"):  # its own batching (e.g. length buckets)
         loader, on_after = datamodule.benchmark_loader(device), None
@@ -120,9 +120,8 @@ def _plain_batches(datamodule, device: torch.device, max_batches: int | None = N
     def batches(epoch: int):
         if hasattr(loader, "set_epoch"):
             loader.set_epoch(epoch)
-        for item in loader:
-            for batch in item if type(item) is StepGroup else (item,):
-                yield on_after(batch, 0) if on_after is not None else batch
+        for batch in loader.minibatches() if hasattr(loader, "minibatches") else loader:
+            yield on_after(batch, 0) if on_after is not None else batch
     return batches
 
 

@@ -89,9 +89,11 @@ class StopAtTrainLoss(L.Callback):
             trainer.should_stop = True
 
 
-class ModelCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
+class ResumableModelCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
     """Lightning's ``ModelCheckpoint`` that keeps the best checkpoint across a resume, with its
-    ``state_key`` computed once.
+    ``state_key`` computed once. Its state in a checkpoint is Lightning's ``ModelCheckpoint``
+    state, under the key Lightning's class would use (so checkpoints of either resume into
+    either).
 
     Resume: a resumed run writes a new run directory, and Lightning then drops the restored
     ``best_model_score`` / ``best_k_models`` (their files are in the old directory), so the
@@ -139,7 +141,9 @@ class ModelCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
     def state_key(self) -> str:
         key = self.__dict__.get("_fodl_state_key")
         if key is None:
-            key = self.__dict__["_fodl_state_key"] = super().state_key
+            own = super().state_key  # "<class qualname>{settings}"
+            key = "ModelCheckpoint" + own[len(type(self).__qualname__):]
+            self.__dict__["_fodl_state_key"] = key
         return key
 
 
@@ -154,7 +158,8 @@ class RichProgressBar(L.pytorch.callbacks.RichProgressBar):
     last batch, so what is shown is the same, just not recomputed between redraws (Rich
     itself never redraws faster than ``refresh_rate``).
 
-    The bar counts minibatches, also when they come grouped (``data.steps_per_execution``).
+    The bar counts minibatches: a loader whose items hold several (fodl's
+    :class:`~fodl.data.loader.MinibatchLoader`) says so and how many they hold.
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -162,14 +167,15 @@ class RichProgressBar(L.pytorch.callbacks.RichProgressBar):
         self._next_draw = 0.0
 
     @staticmethod
-    def _group_size(trainer) -> int:
-        return getattr(getattr(trainer, "train_dataloader", None), "steps_per_execution", 1)
+    def _loader_counting_minibatches(trainer):
+        """The training loader when its items are not one minibatch each, else None."""
+        loader = getattr(trainer, "train_dataloader", None)
+        return None if getattr(loader, "items_are_minibatches", True) else loader
 
     @property
     def total_train_batches(self) -> int | float:
-        if self._group_size(self.trainer) > 1:
-            return self.trainer.train_dataloader.num_batches()
-        return super().total_train_batches
+        loader = self._loader_counting_minibatches(self.trainer)
+        return super().total_train_batches if loader is None else loader.num_batches()
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.monotonic()
@@ -177,7 +183,6 @@ class RichProgressBar(L.pytorch.callbacks.RichProgressBar):
         if now < self._next_draw and not last:
             return
         self._next_draw = now + 1.0 / max(self.refresh_rate, 1)
-        k = self._group_size(trainer)
-        if k > 1:  # minibatches done so far (the last group may be short)
-            batch_idx = min((batch_idx + 1) * k, self.total_train_batches) - 1
+        if (loader := self._loader_counting_minibatches(trainer)) is not None:
+            batch_idx = loader.minibatches_in(batch_idx + 1) - 1  # minibatches done so far
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

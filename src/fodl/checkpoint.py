@@ -269,7 +269,7 @@ def load_trained(path: str | Path, kind: type, what: str):
     module, _, _ = load_module(path, ckpt=ckpt)
     if not isinstance(module, kind):
         raise FodlError(f"{path} is a {type(module).__name__} checkpoint, not a {what}.")
-    from fodl.text.pad import load_text_state
+    from fodl.text.state import load_text_state
 
     module.set_text_state(*load_text_state(ckpt, str(path)))
     return module.eval()

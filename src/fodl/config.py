@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Callable, Mapping
 
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
@@ -35,3 +36,22 @@ def default_data_dir() -> str:
     import os
 
     return os.environ.get("FODL_DATA_DIR") or os.path.join(os.environ.get("FODL_ROOT", "."), "data")
+
+
+def flatten(tree: Mapping, sep: str = ".", skip: Callable[[str], bool] | None = None) -> dict[str, Any]:
+    """``{"a": {"b": 1}}`` -> ``{"a.b": 1}``: the leaves of nested mappings under their keys
+    joined by ``sep``; ``skip(path)`` true leaves that key, and all under it, out."""
+    out: dict[str, Any] = {}
+
+    def walk(node: Mapping, prefix: str) -> None:
+        for k, v in node.items():
+            path = f"{prefix}{k}"
+            if skip is not None and skip(path):
+                continue
+            if isinstance(v, Mapping):
+                walk(v, path + sep)
+            else:
+                out[path] = v
+
+    walk(tree, "")
+    return out

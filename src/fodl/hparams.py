@@ -23,10 +23,13 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import lightning as L
 from lightning.pytorch.loggers import TensorBoardLogger
+
+from fodl.compat import summary_file_writer
+from fodl.config import flatten
 
 log = logging.getLogger(__name__)
 
@@ -53,14 +56,11 @@ def _value(v: Any) -> bool | int | float | str:
     return str(v)
 
 
-def _flat(node: Any, prefix: str, out: dict[str, Any]) -> None:
-    if isinstance(node, dict):
-        for k, v in node.items():
-            if k in _SKIP or (prefix == "model." and k in ("optimizer", "scheduler")):
-                continue  # model.optimizer / model.scheduler are ${optimizer} / ${scheduler}
-            _flat(v, f"{prefix}{k}.", out)
-    else:
-        out[prefix[:-1]] = _value(node)
+def _skip(group: str) -> Callable[[str], bool]:
+    def skip(path: str) -> bool:
+        # model.optimizer / model.scheduler are ${optimizer} / ${scheduler}
+        return path.rsplit(".", 1)[-1] in _SKIP or (group == "model" and path in ("optimizer", "scheduler"))
+    return skip
 
 
 def run_hparams(resolved: dict[str, Any], choices: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -84,7 +84,8 @@ def run_hparams(resolved: dict[str, Any], choices: dict[str, Any] | None = None)
             out[f"trainer.{k}"] = _value(trainer[k])
     for group in ("model", "optimizer", "scheduler", "data"):
         if isinstance(resolved.get(group), dict):
-            _flat(resolved[group], f"{group}.", out)
+            for k, v in flatten(resolved[group], skip=_skip(group)).items():
+                out[f"{group}.{k}"] = _value(v)
     return out
 
 
@@ -150,7 +151,7 @@ class HParamsSession(L.Callback):
 
     def _write(self, trainer: L.Trainer, summary) -> None:
         for lg in self._tensorboards(trainer):
-            lg.experiment._get_file_writer().add_summary(summary)
+            summary_file_writer(lg.experiment).add_summary(summary)
             lg.experiment.flush()
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -27,6 +27,7 @@ from typing import Any, Iterable
 
 import yaml
 
+from fodl.compat import logged_steps_in, set_purge_step, tensorboard_started
 from fodl.errors import FodlError
 
 log = logging.getLogger(__name__)
@@ -121,10 +122,8 @@ def resolve_ckpt_path(cfg) -> str | None:
 def _logged_step(ckpt: dict[str, Any]) -> int:
     """The step axis value of the checkpoint (Lightning logs against the number of batches that
     stepped, which fodl counts in minibatches)."""
-    try:
-        return int(ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"]["_batches_that_stepped"])
-    except (KeyError, TypeError, ValueError):
-        return int(ckpt.get("global_step", 0))
+    step = logged_steps_in(ckpt)
+    return int(ckpt.get("global_step", 0)) if step is None else step
 
 
 def continue_tensorboard(trainer, ckpt: dict[str, Any], output_dir: str | Path) -> None:
@@ -139,11 +138,11 @@ def continue_tensorboard(trainer, ckpt: dict[str, Any], output_dir: str | Path) 
     for lg in trainer.loggers:
         if not isinstance(lg, TensorBoardLogger):
             continue
-        if lg._experiment is not None:  # already writing: too late to purge
+        if tensorboard_started(lg):  # already writing: too late to purge
             continue
         # Lightning logs a step's metrics (and the epoch-end ones) at step index < `step` for
         # everything the checkpoint holds; the resumed run logs from `step` on
-        lg._kwargs["purge_step"] = step
+        set_purge_step(lg, step)
         if rank_zero_only.rank != 0 or not old_out:
             continue
         try:

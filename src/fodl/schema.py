@@ -303,7 +303,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT, "init": Choice(*_INITS),
         "embedding_size": Number(integer=True, min=0),
     },
-    "fodl.models.sequence.SequenceModule": {
+    "fodl.models.memory.MemoryModule": {
         "net": Object(), "width": Number(integer=True, min=1, none=True),
         "vocab_size": Number(integer=True, min=6, none=True), "log_memory": Flag(),
     },
@@ -631,15 +631,15 @@ class _Checker:
             items = [(str(i), i) for i in range(len(node))]
         else:
             return
+        raw = None  # the unresolved values, read once a container holds an interpolation
         for name, k in items:
             full = f"{path}.{name}" if path else name
-            child = node._get_node(k)
-            if child is None:
-                continue
-            if child._is_interpolation():
-                self.interpolations[full] = str(child._value())
-            else:
-                self._find_interpolations(child, full)
+            if OmegaConf.is_interpolation(node, k):
+                if raw is None:
+                    raw = OmegaConf.to_container(node, resolve=False, throw_on_missing=False)
+                self.interpolations[full] = str(raw[k])
+            elif not OmegaConf.is_missing(node, k):
+                self._find_interpolations(node[k], full)
 
     def bad(self, key: str, value: Any, rule: Rule, example: Any = inspect.Parameter.empty,
             what: str = "") -> None:

@@ -18,6 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 from fodl.callbacks import ConfigInCheckpoint
 from fodl.checkpoint import check_compatible, load_module, read_checkpoint
 from fodl.cluster import global_rank  # also registers the run-directory resolvers
+from fodl.compat import cpu_has_bf16
+from fodl.config import flatten
 from fodl.errors import FodlError, user_error
 from fodl.hparams import HParamsSession, finish_run
 from fodl.resume import continue_tensorboard, resolve_ckpt_path
@@ -71,15 +73,9 @@ def _check_resume(ckpt: dict[str, Any], resolved: dict[str, Any], path: str) -> 
             "(drop those overrides), or start a new run for a new schedule.")
 
 
-def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
-    out = {}
-    for k, v in d.items():
-        key = f"{prefix}{k}"
-        if isinstance(v, dict):
-            out.update(_flat(v, key + "/"))
-        else:
-            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
-    return out
+def _flat(d: dict) -> dict[str, Any]:
+    return {k: v if isinstance(v, (int, float, str, bool)) else str(v)
+            for k, v in flatten(d, sep="/").items()}
 
 
 def _floats(metrics) -> dict[str, float]:
@@ -140,10 +136,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
 
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
+    loop_settings = _loop_settings(cfg.trainer, model)
     callbacks = [MonitoredMetrics(), *_instantiate_all(cfg.get("callbacks"), "callbacks"),
                  ConfigInCheckpoint(resolved), HParamsSession(resolved)]
     loggers = _instantiate_all(cfg.get("logger"), "logger")
-    trainer = _trainer(cfg, callbacks=callbacks, logger=loggers or False)
+    trainer = _trainer(cfg, callbacks=callbacks, logger=loggers or False, **loop_settings)
     _warn_slow_cpu_precision(trainer)
     return datamodule, model, trainer
 
@@ -167,9 +164,28 @@ def _trainer(cfg: DictConfig, **kwargs: Any) -> L.Trainer:
                         "or pick a trainer config: trainer=cpu, trainer=gpu, trainer=ddp.") from None
 
 
+# what Lightning refuses for manual optimisation (every fodl family): fodl's loop does it instead
+_LOOP_SETTINGS = {"gradient_clip_val": None, "gradient_clip_algorithm": None,
+                  "accumulate_grad_batches": 1}
+
+
+def _loop_settings(trainer_cfg: DictConfig, model: L.LightningModule) -> dict[str, Any]:
+    """Hand ``trainer.gradient_clip_val`` / ``gradient_clip_algorithm`` /
+    ``accumulate_grad_batches`` to the module's own loop (Lightning raises on them under
+    manual optimisation); returns the trainer arguments that replace them (their defaults)."""
+    given = {k: trainer_cfg.get(k) for k in _LOOP_SETTINGS if trainer_cfg.get(k) is not None}
+    if not given or given == {"accumulate_grad_batches": 1}:
+        return {}
+    use = getattr(model, "use_trainer_settings", None)
+    if use is None:  # not a fodl loop: Lightning's own handling applies
+        return {}
+    use(**given)
+    return dict(_LOOP_SETTINGS)
+
+
 def _cpu_has_bf16() -> bool:
     """Whether oneDNN has native bfloat16 kernels on this CPU (AVX512 or AMX)."""
-    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return cpu_has_bf16()
 
 
 def _warn_slow_cpu_precision(trainer: L.Trainer) -> None:
@@ -275,9 +291,9 @@ class _RankZeroLogs(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno < logging.WARNING:
             return False
-        if not getattr(record, "_fodl_rank", False):
+        if not getattr(record, "fodl_rank", False):
             record.msg = f"[rank {self.rank}] {record.msg}"
-            record._fodl_rank = True
+            record.fodl_rank = True
         return True
 
 
@@ -341,7 +357,7 @@ def run_entry(fn, cfg: DictConfig):
     """Run ``fn(cfg)``; a ``FodlError`` prints its one-paragraph message and exits with 2. Any
     other exception is written to the run's log (train.log) with its traceback, then raised.
     In a sweep (``-m``) a job never exits the process: its error is raised to the launcher,
-    which records the job as failed while the other jobs go on (fodl.cluster.SweepReport)."""
+    which records the job as failed while the other jobs go on (fodl.sweep.SweepReport)."""
     torch.set_float32_matmul_precision("high")
     _rank_aware_logging()
     try:

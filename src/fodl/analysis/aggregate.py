@@ -2,7 +2,7 @@
 
 A sweep directory (``outputs/multiruns/<time>/``, ``outputs/hparams_search/<time>/``) holds one
 directory per job with Hydra's ``.hydra/overrides.yaml``, fodl's ``metrics.json`` (the job's
-final metrics) and ``job_status.json`` (written by :class:`fodl.cluster.SweepReport` when the
+final metrics) and ``job_status.json`` (written by :class:`fodl.sweep.SweepReport` when the
 job ends: completed, or failed with its error). :func:`report` groups the completed jobs by the
 overrides the sweep varied, other than ``seed``, and gives for every final metric its mean, its
 sample standard deviation and ``n``; failed jobs are listed with their error, and jobs with no

@@ -20,7 +20,7 @@ def plot(runs: list[Run], out_png: Path,
     fig, (ax_cost, ax_err) = plt.subplots(1, 2, figsize=(12, 4.5))
     for run in runs:
         cost = run.scalars.get("train/loss_step", [])
-        # logged steps are optimizer steps, grouped (data.steps_per_execution) or not
+        # logged steps are optimizer steps
         ax_cost.plot([s for s, _ in cost], [v for _, v in cost], label=run.label, lw=1)
         val = run.scalars.get("val/acc", [])
         ax_err.plot(range(1, len(val) + 1), [1 - v for _, v in val], label=run.label, lw=1.2)

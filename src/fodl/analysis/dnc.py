@@ -109,7 +109,7 @@ def plot_generalisation(result: dict, path: str | Path) -> None:
 
 # -- side by side with the `dnc` package -----------------------------------------------------
 def copy_loss(logits: torch.Tensor, batch: CopyBatch) -> torch.Tensor:
-    """Sigmoid cross-entropy on the output steps, per bit (the SequenceModule's copy loss)."""
+    """Sigmoid cross-entropy on the output steps, per bit (the MemoryModule's copy loss)."""
     mask = batch.mask.unsqueeze(-1).to(logits.dtype)
     bce = F.binary_cross_entropy_with_logits(logits, batch.targets, reduction="none")
     return (bce * mask).sum() / (mask.sum() * logits.shape[-1])

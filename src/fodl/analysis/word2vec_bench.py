@@ -20,13 +20,13 @@ from pathlib import Path
 
 import torch
 
-from fodl.analysis.analogy import (
+from fodl.errors import FodlError
+from fodl.metrics.analogy import (
     AnalogySet,
     encode_analogies,
     evaluate_analogies,
     read_analogies,
 )
-from fodl.errors import FodlError
 from fodl.text.corpus import encode_corpus
 
 

@@ -11,26 +11,12 @@ from pathlib import Path
 
 import torch
 
-from fodl.analysis.analogy import nearest_neighbours, solve_analogy
-from fodl.checkpoint import read_checkpoint
+from fodl.data.vectors import EMBEDDING_KEY, load_word_vectors
 from fodl.errors import FodlError
-from fodl.text.pad import TEXT_KEY, load_text_state, store_text_state
+from fodl.metrics.analogy import nearest_neighbours, solve_analogy
 from fodl.text.vocab import Vocabulary
 
-EMBEDDING_KEY = "net.in_embed.weight"
-
-
-def load_word_vectors(ckpt_path: str | Path) -> tuple[torch.Tensor, Vocabulary]:
-    """``(vectors, vocabulary)`` of a skip-gram checkpoint: one row per vocabulary word."""
-    ckpt = read_checkpoint(ckpt_path)
-    if "vocabulary" in ckpt:  # written before the vocabulary moved to fodl_text (2026-11-23)
-        store_text_state(ckpt, {"words": Vocabulary.from_dict(ckpt["vocabulary"])})
-    if EMBEDDING_KEY not in ckpt["state_dict"] or TEXT_KEY not in ckpt:
-        raise FodlError(f"{ckpt_path} is not a skip-gram checkpoint (it has no {EMBEDDING_KEY} "
-                        "and vocabulary). Give a checkpoint of a model=skipgram run.")
-    vocab = load_text_state(ckpt, str(ckpt_path))[0]["words"]
-    return ckpt["state_dict"][EMBEDDING_KEY][: len(vocab)].float(), vocab
-
+__all__ = ["EMBEDDING_KEY", "analogy", "export_projector", "load_word_vectors", "neighbours", "tsne_plot"]
 
 def _ids(vocab: Vocabulary, words: list[str]) -> list[int]:
     missing = [w for w in words if w not in vocab or w in vocab.specials]

@@ -8,7 +8,7 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from fodl.data.loader import StepGroup, TensorLoader, derive_seed
+from fodl.data.loader import TensorLoader, derive_seed, map_minibatches
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -84,29 +84,9 @@ class InMemoryDataModule(L.LightningDataModule):
             steps_per_execution=self.steps_per_execution if train else 1,
             **extra,
         )
-        if train and loader.steps_per_execution > 1 and self.trainer is not None:
-            self._count_in_minibatches(loader)
+        if train:
+            loader.attach(self.trainer)
         return loader
-
-    def _count_in_minibatches(self, loader: TensorLoader) -> None:
-        """With grouped minibatches, Lightning counts *items* (groups). Translate the two
-        trainer settings that count batches so they keep meaning minibatches:
-        ``limit_train_batches`` (int or fraction) is applied by the loader itself and the
-        trainer's own limit lifted; an int ``val_check_interval`` becomes whole groups
-        (rounded up). The user's values are kept, so a re-created loader translates again."""
-        t = self.trainer
-        k = loader.steps_per_execution
-        if not hasattr(self, "_user_limits"):
-            self._user_limits = (t.limit_train_batches, t.val_check_interval)
-        limit, every = self._user_limits
-        if isinstance(limit, int):
-            loader.max_batches = limit
-            t.limit_train_batches = 1.0
-        elif isinstance(limit, float) and limit < 1.0:
-            loader.max_batches = max(int(loader.num_batches() * limit), 1 if limit > 0 else 0)
-            t.limit_train_batches = 1.0
-        if isinstance(every, int):
-            t.val_check_interval = -(-every // k)
 
     # -- batched, on-device transforms (augmentation) ---------------------------------------
     def transform(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -123,10 +103,7 @@ class InMemoryDataModule(L.LightningDataModule):
         if not self.transforms_batches:
             return batch
         train = self.trainer is not None and self.trainer.training
-        if self.is_group(batch):
-            return StepGroup((self.transform(x, train), y) for x, y in batch)
-        x, y = batch
-        return self.transform(x, train), y
+        return map_minibatches(batch, lambda b: (self.transform(b[0], train), b[1]))
 
     def augmentation_generator(self, device: torch.device) -> torch.Generator:
         """The augmentation stream of this (seed, epoch, process): re-seeded at each epoch, so
@@ -140,11 +117,6 @@ class InMemoryDataModule(L.LightningDataModule):
                 derive_seed(self.seed, key[1], rank))
             self._generator_key = key
         return self._generator
-
-    @staticmethod
-    def is_group(batch) -> bool:
-        """Whether a batch is a group of minibatches (``steps_per_execution > 1``)."""
-        return type(batch) is StepGroup
 
     def train_dataloader(self) -> TensorLoader:
         return self._loader("train", True)

@@ -2,8 +2,8 @@
 
 A split is held as a padded ``(N, T)`` token tensor (padding at the end), the lengths and any
 per-sequence tensors (labels). :class:`LengthBucketLoader` is a
-:class:`~fodl.data.loader.TensorLoader` (same seeding, DDP sharding, ``steps_per_execution``
-groups and ``max_batches``) whose batches are dense:
+:class:`~fodl.data.loader.TensorLoader` (same seeding, DDP sharding and ``max_batches``)
+whose batches are dense:
 
 - training: every epoch the shard is shuffled (the stream of ``(seed, epoch)``), cut into pools
   of ``bucket_batches`` batches, each pool sorted by length and cut into batches, and the order

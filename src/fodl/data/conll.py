@@ -32,6 +32,7 @@ import torch
 
 from fodl.data.base import InMemoryDataModule, resolve_data_dir
 from fodl.data.download import cached, download
+from fodl.data.vectors import load_word_vectors
 from fodl.errors import FodlError
 from fodl.text.corpus import read_text_file
 from fodl.text.vectors import read_word2vec
@@ -97,12 +98,6 @@ def read_conll(path: str | Path, columns: tuple[int, ...] = (2, 3)) -> list[Sent
     if not sentences:
         raise FodlError(f"{path} holds no sentences: it is empty or not a CoNLL column file.")
     return sentences
-
-
-def book_sentence_tokens() -> list[str]:
-    from fodl.text.tokenize import treebank_tokenize
-
-    return treebank_tokenize(BOOK_SENTENCE)
 
 
 class CoNLLDataModule(InMemoryDataModule):
@@ -265,8 +260,6 @@ class CoNLLDataModule(InMemoryDataModule):
         path = self._vectors_path()
         if path.suffix != ".ckpt":
             return read_word2vec(path, limit=self.vectors_limit)
-        from fodl.analysis.word_vectors import load_word_vectors
-
         vectors, vocab = load_word_vectors(path)
         n, end = vocab.num_specials, None if self.vectors_limit is None else vocab.num_specials + self.vectors_limit
         return vocab.words[n:end], vectors[n:end]

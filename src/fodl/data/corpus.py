@@ -25,18 +25,17 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
-import os
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
 import lightning as L
 import torch
 
-from fodl.analysis.analogy import AnalogySet, encode_analogies, read_analogies
-from fodl.data.base import InMemoryDataModule, resolve_data_dir
-from fodl.data.download import cached, download, file_digest
-from fodl.data.loader import TensorLoader
+from fodl.data.base import resolve_data_dir
+from fodl.data.download import cached, download
+from fodl.data.loader import MinibatchLoader
 from fodl.errors import FodlError
+from fodl.metrics.analogy import AnalogySet, encode_analogies, read_analogies
 from fodl.text.corpus import encode_corpus
 from fodl.text.vocab import UNK, Vocabulary
 
@@ -113,7 +112,7 @@ def _epoch_generator(seed: int, epoch: int, device: torch.device) -> torch.Gener
     return torch.Generator(device=device).manual_seed(int(state))
 
 
-class SkipGramLoader:
+class SkipGramLoader(MinibatchLoader):
     """Minibatches of skip-gram blocks drawn from a stream of word ids (see the module docstring).
 
     Every epoch has the same number of minibatches, the one an epoch of the expected size has
@@ -145,11 +144,6 @@ class SkipGramLoader:
         """Minibatches per epoch (per process)."""
         n = math.ceil(math.ceil(self.blocks / self.world_size) / self.blocks_per_batch)
         return n if self.max_batches is None else min(n, max(int(self.max_batches), 0))
-
-    # items per epoch, set_epoch and the grouping into StepGroups: as TensorLoader's
-    __len__ = TensorLoader.__len__
-    set_epoch = TensorLoader.set_epoch
-    __iter__ = TensorLoader.__iter__
 
     def _epoch_blocks(self, g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
         """This epoch's kept stream, its documents, and this process's block order."""
@@ -190,7 +184,7 @@ class SkipGramLoader:
 
 class AnalogyLoader:
     """The encoded analogy questions in chunks: ``(questions, section, candidates, canon)``
-    (see :class:`~fodl.analysis.analogy.AnalogySet`); under DDP each process takes every
+    (see :class:`~fodl.metrics.analogy.AnalogySet`); under DDP each process takes every
     ``world_size``-th question."""
 
     def __init__(self, aset: AnalogySet, batch_size: int, rank: int = 0, world_size: int = 1,
@@ -319,7 +313,11 @@ class CorpusDataModule(L.LightningDataModule):
                             "Put the file there, give data.corpus another plain-text file, folder "
                             "or archive, or point paths.data_dir (env FODL_DATA_DIR) at a directory "
                             "that has it.")
-        return download_verified(self.url, path, self.sha1)
+        try:
+            return download([self.url], path, sha1=self.sha1)
+        except FodlError as e:
+            raise FodlError(f"Corpus {path} is missing and could not be downloaded ({e}). Put the "
+                            "file there, or give data.corpus a local plain-text file.") from None
 
     def questions_path(self) -> Path | None:
         if not self.analogies:
@@ -418,10 +416,7 @@ class CorpusDataModule(L.LightningDataModule):
             noise_samples=self.noise_samples, seed=self.seed, rank=rank, world_size=world,
             epoch_fn=(lambda: t.current_epoch) if t is not None else None,
             steps_per_execution=self.steps_per_execution)
-        if loader.steps_per_execution > 1 and t is not None:
-            # the same translation of limit_train_batches / val_check_interval to minibatches
-            # as the in-memory DataModules (it reads only self.trainer and the loader)
-            InMemoryDataModule._count_in_minibatches(self, loader)
+        loader.attach(t)
         return loader
 
     def _analogy_loader(self) -> AnalogyLoader | list:
@@ -443,21 +438,3 @@ class CorpusDataModule(L.LightningDataModule):
 
     def test_dataloader(self):
         return self._analogy_loader()
-
-
-def download_verified(url: str, dest: Path, sha1: str | None) -> Path:
-    """``download`` (atomic, one mirror) then the published SHA-1 checked before the file takes
-    its name, so a corrupt download never appears at ``dest``."""
-    part = dest.with_name(dest.name + ".unverified")
-    try:
-        download([url], part)
-    except FodlError as e:
-        raise FodlError(f"Corpus {dest} is missing and could not be downloaded ({e}). Put the "
-                        "file there, or give data.corpus a local plain-text file.") from None
-    if sha1 is not None and (got := file_digest(part, "sha1")) != sha1:
-        part.unlink()
-        raise FodlError(f"The download of {url} fails its checksum (sha1 {got}, published "
-                        f"{sha1}); nothing was kept. Try again later, or download it yourself "
-                        f"to {dest}.")
-    os.replace(part, dest)
-    return dest

@@ -2,24 +2,23 @@
 
 from __future__ import annotations
 
-import contextlib
-import gzip
 import hashlib
 import http.client
 import logging
-import lzma
 import os
 import shutil
 import tarfile
 import tempfile
 import urllib.error
 import urllib.request
-import zlib
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import torch
 
+from fodl.archive import (
+    reading_archive,  # also the readers' import (fodl.data.download.reading_archive)
+)
 from fodl.errors import FodlError
 
 log = logging.getLogger(__name__)
@@ -29,8 +28,6 @@ log = logging.getLogger(__name__)
 # ConnectionError, timeouts, and any other OSError of the socket or the local file.
 TRANSFER_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError,
                    TimeoutError, OSError)
-# What reading a truncated or corrupt (compressed) tar archive raises.
-ARCHIVE_ERRORS = (tarfile.TarError, EOFError, zlib.error, lzma.LZMAError, gzip.BadGzipFile)
 # Written last into a folder that ``extract_tar_atomically`` completed.
 EXTRACTED_MARK = ".fodl-extracted"
 
@@ -43,8 +40,10 @@ def file_digest(path: str | Path, algorithm: str = "md5", chunk: int = 1 << 20) 
     return h.hexdigest()
 
 
-def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: float = 60) -> Path:
-    """Download the first mirror that answers to ``dest``, verify its md5, move it in atomically.
+def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: float = 60,
+             sha1: str | None = None) -> Path:
+    """Download the first mirror that answers to ``dest``, verify its published checksum (md5
+    or sha1), move it in atomically.
 
     A partial or corrupt download never appears under ``dest``'s name. A mirror that fails in
     any way (refused, HTTP error, connection dropped mid-transfer, timeout, wrong checksum) is
@@ -62,8 +61,10 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
             with os.fdopen(fd, "wb") as out, urllib.request.urlopen(url, timeout=timeout) as r:
                 while block := r.read(1 << 20):
                     out.write(block)
-            if md5 is not None and (got := file_digest(tmp, "md5")) != md5:
-                problems.append(f"{url}: md5 {got} != published {md5}")
+            bad = [f"{name} {got}, published {want}" for name, want in (("md5", md5), ("sha1", sha1))
+                   if want is not None and (got := file_digest(tmp, name)) != want]
+            if bad:
+                problems.append(f"{url}: the download fails its checksum ({'; '.join(bad)})")
                 continue
             os.replace(tmp, dest)
             return dest
@@ -82,21 +83,6 @@ def download(urls: Sequence[str], dest: Path, md5: str | None = None, timeout: f
         f"Put the file at {dest} yourself, or point paths.data_dir (env FODL_DATA_DIR) at a "
         "directory that has it."
     )
-
-
-@contextlib.contextmanager
-def reading_archive(archive: Path) -> Iterator[None]:
-    """Turn the low-level errors of a truncated or corrupt archive (tarfile, EOFError, zlib,
-    ...) raised inside the block into one ``FodlError`` naming the archive and the fix."""
-    try:
-        yield
-    except ARCHIVE_ERRORS as e:
-        detail = " ".join(str(e).split()) or type(e).__name__
-        raise FodlError(
-            f"{archive} is truncated or corrupt, so it cannot be read ({type(e).__name__}: "
-            f"{detail}). Delete it and download it again (with data.download=true the official "
-            "archive is fetched and md5-verified), or replace it with an intact copy."
-        ) from None
 
 
 def check_tar_members(archive: Path, members: Sequence[tarfile.TarInfo]) -> None:

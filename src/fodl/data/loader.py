@@ -7,7 +7,8 @@ possible) and a batch is one ``index_select`` per tensor.
 
 from __future__ import annotations
 
-from typing import Callable, Iterator, Sequence
+import weakref
+from typing import Any, Callable, Iterator, Sequence
 
 import torch
 
@@ -23,14 +24,107 @@ def derive_seed(*keys: int) -> int:
 
 class StepGroup(list):
     """Consecutive minibatches delivered as one item (``steps_per_execution > 1``): the
-    training loop takes one optimizer step for each, in order. A type of its own, so that a
-    plain ``list`` batch (what ``default_collate`` makes of a dataset of tuples) is never
-    mistaken for a group."""
+    training loop (:class:`fodl.models.base.FodlModule`) takes one optimizer step for each, in
+    order. A type of its own, so that a plain ``list`` batch (what ``default_collate`` makes of
+    a dataset of tuples) is never mistaken for a group."""
 
     __slots__ = ()
 
 
-class TensorLoader:
+def map_minibatches(item: Any, fn: Callable[[Any], Any]) -> Any:
+    """``fn`` applied to the minibatch a loader yielded, or to each minibatch of the item."""
+    if type(item) is StepGroup:
+        return StepGroup(fn(b) for b in item)
+    return fn(item)
+
+
+# the trainer's own limit_train_batches / val_check_interval, before attach() translated them
+_USER_LIMITS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+class MinibatchLoader:
+    """Base of fodl's training loaders: a subclass yields one pass of ordinary minibatches
+    (``_batches()``) and says how many (``num_batches()``); this class delivers them one by one,
+    or ``steps_per_execution`` at a time as :class:`StepGroup` items, so a LightningModule can
+    take several optimizer steps per Lightning step, amortising the framework's per-batch
+    overhead (same minibatches, same order).
+
+    Grouping is known here and in the training loop only: :meth:`attach` keeps the trainer's
+    batch counts (``limit_train_batches``, an int ``val_check_interval``) counting
+    minibatches, :attr:`items_are_minibatches` / :meth:`minibatches_in` tell a progress
+    display how many minibatches a number of items holds, and :meth:`minibatches` iterates minibatches whatever the grouping.
+    """
+
+    steps_per_execution: int = 1
+    max_batches: int | None = None  # stop each pass after this many minibatches; None: all
+    epoch: int = 0
+
+    def num_batches(self) -> int:
+        """Minibatches per pass (per process)."""
+        raise NotImplementedError
+
+    def _batches(self) -> Iterator:
+        raise NotImplementedError
+
+    def minibatches(self) -> Iterator:
+        """One pass of ordinary minibatches, never grouped."""
+        return self._batches()
+
+    def __len__(self) -> int:
+        """Items per pass: minibatches, or groups of ``steps_per_execution`` of them."""
+        return -(-self.num_batches() // self.steps_per_execution)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def __iter__(self) -> Iterator:
+        if self.steps_per_execution == 1:
+            yield from self._batches()
+            return
+        group = StepGroup()
+        for batch in self._batches():
+            group.append(batch)
+            if len(group) == self.steps_per_execution:
+                yield group
+                group = StepGroup()
+        if group:
+            yield group
+
+    @property
+    def items_are_minibatches(self) -> bool:
+        """False when items are groups: then Lightning's item counts are not minibatches."""
+        return self.steps_per_execution == 1
+
+    def minibatches_in(self, items: int) -> int:
+        """Minibatches in the first ``items`` items of a pass (the last group may be short)."""
+        if self.steps_per_execution == 1:
+            return items
+        return min(items * self.steps_per_execution, self.num_batches())
+
+    def attach(self, trainer) -> None:
+        """Called by a DataModule for the training loader it hands ``trainer``. With grouped
+        minibatches, Lightning counts *items* (groups); the two trainer settings that count
+        batches are translated so they keep meaning minibatches: ``limit_train_batches`` (int
+        or fraction) is applied by this loader itself and the trainer's own limit lifted; an
+        int ``val_check_interval`` becomes whole groups (rounded up). The user's values are
+        kept, so a re-created loader translates again."""
+        k = self.steps_per_execution
+        if k == 1 or trainer is None:
+            return
+        if trainer not in _USER_LIMITS:
+            _USER_LIMITS[trainer] = (trainer.limit_train_batches, trainer.val_check_interval)
+        limit, every = _USER_LIMITS[trainer]
+        if isinstance(limit, int):
+            self.max_batches = limit
+            trainer.limit_train_batches = 1.0
+        elif isinstance(limit, float) and limit < 1.0:
+            self.max_batches = max(int(self.num_batches() * limit), 1 if limit > 0 else 0)
+            trainer.limit_train_batches = 1.0
+        if isinstance(every, int):
+            trainer.val_check_interval = -(-every // k)
+
+
+class TensorLoader(MinibatchLoader):
     """Iterate minibatches of equally long tensors.
 
     Args:
@@ -106,13 +200,6 @@ class TensorLoader:
         n = m // self.batch_size if self.drop_last else -(-m // self.batch_size)
         return n if self.max_batches is None else min(n, max(int(self.max_batches), 0))
 
-    def __len__(self) -> int:
-        """Items per pass: minibatches, or groups of ``steps_per_execution`` of them."""
-        return -(-self.num_batches() // self.steps_per_execution)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = int(epoch)
-
     # -- iteration -----------------------------------------------------------------------
     def _indices(self) -> torch.Tensor | None:
         """Indices of this process's shard for this epoch; ``None`` means all, in order."""
@@ -144,16 +231,3 @@ class TensorLoader:
             else:
                 sel = idx[b * bs : (b + 1) * bs]
                 yield tuple(t.index_select(0, sel) for t in self.tensors)
-
-    def __iter__(self) -> Iterator:
-        if self.steps_per_execution == 1:
-            yield from self._batches()
-            return
-        group = StepGroup()
-        for batch in self._batches():
-            group.append(batch)
-            if len(group) == self.steps_per_execution:
-                yield group
-                group = StepGroup()
-        if group:
-            yield group

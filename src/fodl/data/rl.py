@@ -69,6 +69,7 @@ class _EnvDataModule(L.LightningDataModule):
         self.eval_num_envs = eval_num_envs
         self.seed = int(seed or 0)
         self.eval_seconds = 0.0      # wall time spent in evaluation episodes (excluded from SPS)
+        self.fit_clock: tuple[float, float, int] | None = None  # (wall, eval_seconds, env steps) at start
         self._eval_envs: dict[str, Any] = {}
         self._pending_state: dict[str, Any] | None = None
 
@@ -86,8 +87,22 @@ class _EnvDataModule(L.LightningDataModule):
                             "in parallel.")
         return module
 
+    # -- training's environment steps per second --------------------------------------------
+    def start_clock(self) -> None:
+        """Start :meth:`sps`'s clock at a fit's first training batch (later calls: nothing)."""
+        if self.fit_clock is None:
+            self.fit_clock = (time.perf_counter(), self.eval_seconds, self.collector.env_steps)
+
+    def sps(self) -> float:
+        """Environment steps per second of training so far (evaluation time excluded)."""
+        if self.fit_clock is None:
+            return 0.0
+        t0, e0, s0 = self.fit_clock
+        dt = time.perf_counter() - t0 - (self.eval_seconds - e0)
+        return (self.collector.env_steps - s0) / dt if dt > 0 else 0.0
+
     # -- evaluation episodes ----------------------------------------------------------------
-    def _eval_env(self, split: str):
+    def eval_env(self, split: str):
         n = self.eval_episodes if split == "val" else self.test_episodes
         k = max(1, min(n, self.eval_num_envs or n))
         if split not in self._eval_envs:
@@ -141,7 +156,7 @@ class EvalEpisodes:
         # Lightning stops after len() items without exhausting the generator
         t0 = time.perf_counter()
         agent = self.dm.agent()
-        envs = self.dm._eval_env(self.split)
+        envs = self.dm.eval_env(self.split)
         for ret, length in run_episodes(agent, envs, self.n, self.seed,
                                         torch.Generator().manual_seed(self.seed)):
             self.dm.eval_seconds += time.perf_counter() - t0
@@ -217,7 +232,7 @@ class ReplayDataModule(_EnvDataModule):
                                        stacked=stacked)
         self._buffer_start = 0
         self._is_ready = False
-        self._fit_clock: tuple[float, float, int] | None = None
+        self.fit_clock = None
         self._apply_pending()
 
     def _state(self) -> dict[str, Any]:
@@ -240,7 +255,7 @@ class ReplayDataModule(_EnvDataModule):
         self._is_ready = False
         return True
 
-    def _ready(self) -> bool:
+    def ready(self) -> bool:
         """Whether updates can start: past the warm-up, and (after a resume) the new memory
         refilled with ``learning_starts`` transitions."""
         if self._is_ready:
@@ -263,15 +278,6 @@ class ReplayDataModule(_EnvDataModule):
             self.collector.envs.close()
             self.collector = self.buffer = None
 
-    def sps(self) -> float:
-        """Environment steps per second of training so far (evaluation time excluded)."""
-        if self._fit_clock is None:
-            return 0.0
-        t0, e0, s0 = self._fit_clock
-        dt = time.perf_counter() - t0 - (self.eval_seconds - e0)
-        return (self.collector.env_steps - s0) / dt if dt > 0 else 0.0
-
-
 class ReplayStream:
     """One epoch of DQN updates (see :class:`ReplayDataModule`)."""
 
@@ -285,12 +291,11 @@ class ReplayStream:
         dm = self.dm
         agent = dm.agent()
         c = dm.collector
-        if dm._fit_clock is None:
-            dm._fit_clock = (time.perf_counter(), dm.eval_seconds, c.env_steps)
+        dm.start_clock()
         chunk = dm.train_freq * dm.num_envs
         for _ in range(len(self)):
             c.collect(agent, chunk, random_until=dm.learning_starts)
-            while not dm._ready():
+            while not dm.ready():
                 c.collect(agent, chunk, random_until=dm.learning_starts)
             batches = dm.buffer.sample(dm.batch_size, dm.gradient_steps)
             batches[0]["rollout"] = {"env_steps": c.env_steps, "episodes": c.drain(),
@@ -329,7 +334,7 @@ class EpisodeDataModule(_EnvDataModule):
 
         envs = make_vector_env(self.env, self.num_envs, self.vectorization)
         self.collector = EpisodeCollector(envs, seed=_seed31(self.seed, _TRAIN))
-        self._fit_clock = None
+        self.fit_clock = None
         self._apply_pending()
 
     def _state(self) -> dict[str, Any]:
@@ -358,14 +363,6 @@ class EpisodeDataModule(_EnvDataModule):
             self.collector.envs.close()
             self.collector = None
 
-    def sps(self) -> float:
-        if self._fit_clock is None:
-            return 0.0
-        t0, e0, s0 = self._fit_clock
-        dt = time.perf_counter() - t0 - (self.eval_seconds - e0)
-        return (self.collector.env_steps - s0) / dt if dt > 0 else 0.0
-
-
 class EpisodeStream:
     """One epoch of policy-gradient batches (see :class:`EpisodeDataModule`)."""
 
@@ -379,8 +376,7 @@ class EpisodeStream:
         dm = self.dm
         agent = dm.agent()
         c = dm.collector
-        if dm._fit_clock is None:
-            dm._fit_clock = (time.perf_counter(), dm.eval_seconds, c.env_steps)
+        dm.start_clock()
         for _ in range(len(self)):
             batch = c.collect(agent, dm.episodes_per_batch)
             batch["rollout"] = {"env_steps": c.env_steps, "episodes": batch.pop("episodes"),

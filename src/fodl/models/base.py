@@ -26,21 +26,13 @@ import lightning as L
 import torch
 from torch import nn
 
+from fodl.compat import PlainHookAttributes, advance_logged_steps, can_step_directly, step_directly
 from fodl.data.loader import StepGroup
 from fodl.errors import FodlError
-from fodl.text.pad import TEXT_KEY, load_text_state, store_text_state
-
-# Attributes Lightning writes around every hook call (about 30 times per training step). They
-# hold strings / None, never parameters, buffers or modules, so nn.Module's bookkeeping in
-# __setattr__ (three registries and metaclass isinstance checks, ~2 us a write) has nothing to
-# do for them.
-_PLAIN_ATTRIBUTES = frozenset({"_current_fx_name", "_direct"})
-
-# the hooks Lightning dispatches around every backward and optimizer step (manual optimisation)
-_STEP_HOOKS = ("on_before_backward", "on_after_backward", "on_before_optimizer_step")
+from fodl.text.state import TEXT_KEY, load_text_state, store_text_state
 
 
-class FodlModule(L.LightningModule):
+class FodlModule(PlainHookAttributes, L.LightningModule):
     """Base of every fodl LightningModule: the shared training loop (see the module docstring).
 
     Args:
@@ -49,8 +41,9 @@ class FodlModule(L.LightningModule):
             ``scheduler_interval="step"`` (then after every optimizer step).
         scheduler_interval: ``"epoch"`` or ``"step"``.
         gradient_clip_val: clip the gradient norm to this value (None/0: no clipping). The
-            trainer's ``gradient_clip_val`` / ``accumulate_grad_batches`` do not apply to manual
-            optimisation; this does.
+            trainer's ``gradient_clip_val`` (``gradient_clip_algorithm``) and
+            ``accumulate_grad_batches``, which Lightning does not apply to manual
+            optimisation, are taken over by this loop (:meth:`use_trainer_settings`).
         cuda_graph: on one GPU, capture ``self.net``'s forward and backward pass as CUDA
             graphs (``torch.cuda.make_graphed_callables``) at the first training batch and
             replay them for every batch of that shape: two graph launches instead of dozens of
@@ -81,20 +74,14 @@ class FodlModule(L.LightningModule):
         self.scheduler_factory = scheduler
         self.scheduler_interval = scheduler_interval
         self.gradient_clip_val = gradient_clip_val
+        self.gradient_clip_algorithm = "norm"
+        self.accumulate_grad_batches = 1  # optimizer step every k minibatches (trainer's setting)
+        self._accumulated = 0  # minibatches whose gradients wait for the next step
         self.cuda_graph = cuda_graph
         self._epoch_losses: list[torch.Tensor] = []  # appended, not re-assigned: no Module.__setattr__ per step
         self._losses_checked = 0  # how many of _epoch_losses are known to be finite
         self._graph_shape: torch.Size | None = None  # input shape the net was graphed for
         self._direct = False  # see _can_step_directly
-
-    def __setattr__(self, name: str, value: Any) -> None:
-        # Lightning sets ``_current_fx_name`` before and after each hook it dispatches; through
-        # ``nn.Module.__setattr__`` that cost ~70 us per optimizer step of the book's MLP (whose
-        # whole step takes ~2.5 ms on a 2-core CPU).
-        if name in _PLAIN_ATTRIBUTES:
-            object.__setattr__(self, name, value)
-        else:
-            super().__setattr__(name, value)
 
     # -- what a family defines -----------------------------------------------------------
     def training_loss(self, batch: Any) -> torch.Tensor:
@@ -121,16 +108,22 @@ class FodlModule(L.LightningModule):
         if self.cuda_graph and self._graph_shape is None:
             self._capture(self.graph_input(batch[0] if grouped else batch))
         direct = self._direct
-        for minibatch in batch if grouped else (batch,):
+        accumulate = self.accumulate_grad_batches
+        minibatches = batch if grouped else (batch,)
+        for minibatch in minibatches:
             loss = self.training_loss(minibatch)
+            if accumulate > 1:  # gradients of `accumulate` minibatches, then one step
+                self._accumulate(opt, loss, clip, step_scheduler, direct,
+                                 last=minibatch is minibatches[-1]
+                                 and batch_idx + 1 >= self.trainer.num_training_batches)
+                continue
             opt.zero_grad(set_to_none=True)  # also right for graphed grads (never accumulated into)
             self.manual_backward(loss)
             if clip:
-                self.clip_gradients(opt, gradient_clip_val=clip)
+                self.clip_gradients(opt, gradient_clip_val=clip,
+                                    gradient_clip_algorithm=self.gradient_clip_algorithm)
             if direct:  # what LightningOptimizer.step does when no hook has anything to do
-                opt._on_before_step()  # Lightning's step counter (global_step) and profiler
-                opt.optimizer.step()
-                opt._on_after_step()
+                step_directly(opt)
             else:
                 opt.step()
             if step_scheduler is not None:
@@ -144,13 +137,61 @@ class FodlModule(L.LightningModule):
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
 
+    def _accumulate(self, opt, loss, clip, step_scheduler, direct: bool, last: bool) -> None:
+        """``trainer.accumulate_grad_batches=k``: the gradient of the mean loss of ``k``
+        minibatches (each backward of loss / k adds to it), then one optimizer step; the
+        epoch's last minibatch steps with what it has (as Lightning's automatic optimisation)."""
+        self.manual_backward(loss / self.accumulate_grad_batches)
+        self._epoch_losses.append(loss.detach())
+        self._accumulated += 1
+        if self._accumulated < self.accumulate_grad_batches and not last:
+            return
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=clip,
+                                gradient_clip_algorithm=self.gradient_clip_algorithm)
+        if direct:
+            step_directly(opt)
+        else:
+            opt.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
+        opt.zero_grad(set_to_none=True)
+        self._accumulated = 0
+
+    def use_trainer_settings(self, gradient_clip_val: float | None = None,
+                             gradient_clip_algorithm: str | None = None,
+                             accumulate_grad_batches: int = 1) -> None:
+        """Take the trainer's ``gradient_clip_val`` / ``gradient_clip_algorithm`` /
+        ``accumulate_grad_batches`` (``+trainer.gradient_clip_val=0.5``, the Lightning idiom),
+        which Lightning refuses for manual optimisation, as this loop's own settings
+        (``fodl.train.build`` hands them over and builds the trainer without them)."""
+        if gradient_clip_val:
+            if self.gradient_clip_val and self.gradient_clip_val != gradient_clip_val:
+                raise FodlError(
+                    f"trainer.gradient_clip_val={gradient_clip_val} and model.gradient_clip_val="
+                    f"{self.gradient_clip_val} disagree: both clip the same gradients (fodl's "
+                    "loop does the clipping for either). Set one of them, or both to the same "
+                    "value.")
+            self.gradient_clip_val = gradient_clip_val
+        if gradient_clip_algorithm is not None:
+            if gradient_clip_algorithm not in ("norm", "value"):
+                raise FodlError(f"trainer.gradient_clip_algorithm={gradient_clip_algorithm!r}: "
+                                "choose norm (clip the total gradient norm) or value (clip each "
+                                "gradient element).")
+            self.gradient_clip_algorithm = gradient_clip_algorithm
+        accumulate_grad_batches = int(accumulate_grad_batches or 1)
+        if accumulate_grad_batches > 1 and self.cuda_graph:
+            raise FodlError("trainer.accumulate_grad_batches > 1 adds up the gradients of several "
+                            "minibatches, which a captured CUDA graph (model.cuda_graph=true) "
+                            "cannot: set one of them back (model.cuda_graph=false, or "
+                            "trainer.accumulate_grad_batches=1).")
+        self.accumulate_grad_batches = accumulate_grad_batches
+
     def _count_group(self, n: int) -> None:
         """Advance Lightning's logging step by the group's extra minibatches, so TensorBoard's
         step axis (and ``log_every_n_steps``) counts optimizer steps, not groups. The counter
         is part of the fit loop's checkpointed state, so resume keeps it."""
-        loop = self.trainer.fit_loop.epoch_loop
-        if hasattr(loop, "_batches_that_stepped"):
-            loop._batches_that_stepped += n - 1
+        advance_logged_steps(self.trainer, n - 1)
 
     # -- a diverged run stops before it is checkpointed ------------------------------------
     def on_train_batch_end(self, outputs, batch, batch_idx: int) -> None:
@@ -226,32 +267,9 @@ class FodlModule(L.LightningModule):
         super().clip_gradients(optimizer, gradient_clip_val, gradient_clip_algorithm)
 
     def _can_step_directly(self) -> bool:
-        """Whether each minibatch's backward and optimizer step may skip Lightning's dispatch.
-
-        ``manual_backward`` and ``LightningOptimizer.step`` call the ``on_before_backward``,
-        ``on_after_backward`` and ``on_before_optimizer_step`` hooks of every callback and of
-        the module, for every minibatch: ~0.1 ms a step on a 2-core CPU, about 10% of the
-        book's MNIST MLP step (and more than the backward pass of DQN's tiny CartPole net). On one device in plain 32-bit precision without a profiler, when
-        neither the module nor any callback defines one of those hooks, the dispatch does
-        nothing but ``loss.backward()`` and ``optimizer.step()`` (plus Lightning's step
-        counter, which is kept), so that is what runs. Any other case (DDP, mixed precision,
-        ``debug=profile``, a callback with such a hook) takes Lightning's full path."""
-        from lightning.pytorch.plugins.precision import Precision
-        from lightning.pytorch.profilers import PassThroughProfiler
-        from lightning.pytorch.strategies import SingleDeviceStrategy
-
-        t = self.trainer
-        if (type(t.strategy) is not SingleDeviceStrategy or type(t.precision_plugin) is not Precision
-                or not isinstance(t.profiler, PassThroughProfiler)):
-            return False
-        if type(self).backward is not L.LightningModule.backward:
-            return False
-        for hook in _STEP_HOOKS:
-            if getattr(type(self), hook) is not getattr(L.LightningModule, hook):
-                return False
-            if any(getattr(type(cb), hook) is not getattr(L.Callback, hook) for cb in t.callbacks):
-                return False
-        return True
+        """Whether each minibatch's backward and optimizer step may skip Lightning's dispatch of
+        step hooks (:func:`fodl.compat.can_step_directly`): ~10% of the book's MLP step."""
+        return can_step_directly(self)
 
     # -- CUDA graphs --------------------------------------------------------------------
     def on_fit_start(self) -> None:
@@ -334,17 +352,20 @@ class FodlModule(L.LightningModule):
     # -- optimisation --------------------------------------------------------------------
     def scheduler_horizon(self) -> int:
         """How many times the scheduler will be stepped in this run: optimizer steps (grouped
-        minibatches counted one by one) with ``scheduler_interval="step"``, else epochs. A
-        scheduler config with ``total_steps: null`` gets this."""
+        minibatches counted one by one, accumulated ones as the one step they make) with
+        ``scheduler_interval="step"``, else epochs. A scheduler config with
+        ``total_steps: null`` gets this."""
         t = self.trainer
         if self.scheduler_interval != "step":
             return max(1, int(t.max_epochs))
         lightning_steps = int(t.estimated_stepping_batches)  # also loads the train loader
         per_epoch = getattr(t.train_dataloader, "num_batches", None)  # fodl's loaders
         if per_epoch is not None and (t.max_steps is None or t.max_steps < 0) and t.max_epochs > 0:
-            return max(1, per_epoch() * t.max_epochs)  # a short last group counts what it holds
+            # a short last group counts what it holds; an epoch's last accumulation steps too
+            return max(1, -(-per_epoch() // self.accumulate_grad_batches) * t.max_epochs)
         dm = t.datamodule
-        return max(1, lightning_steps * (getattr(dm, "steps_per_execution", 1) if dm else 1))
+        minibatches = lightning_steps * (getattr(dm, "steps_per_execution", 1) if dm else 1)
+        return max(1, -(-minibatches // self.accumulate_grad_batches))
 
     def configure_optimizers(self):
         if self.optimizer_factory is None:

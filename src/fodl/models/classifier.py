@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics.classification import MulticlassAccuracy
 
+from fodl.compat import CompileFailed, dynamo_supported
 from fodl.errors import FodlError
 from fodl.models.base import FodlModule
 
@@ -66,7 +67,7 @@ class ClassifierModule(FodlModule):
         if compile and cuda_graph:
             raise FodlError("model.compile=true and model.cuda_graph=true both take over the "
                             "net's call; set one of them to false.")
-        if compile and not torch._dynamo.is_dynamo_supported():
+        if compile and not dynamo_supported():
             raise FodlError(f"model.compile=true: torch.compile does not support this platform "
                             f"(Python {sys.version.split()[0]}, torch {torch.__version__}). Set "
                             "model.compile=false (the eager net computes the same numbers).")
@@ -94,7 +95,7 @@ class ClassifierModule(FodlModule):
         compiler for the CPU backend) is reported as what to do about it."""
         try:
             return net(x)
-        except torch._dynamo.exc.BackendCompilerFailed as e:
+        except CompileFailed as e:
             reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise FodlError(f"model.compile=true: torch.compile could not build the net on "
                             f"{x.device.type} ({reason}). Set model.compile=false (the eager net "

@@ -138,7 +138,7 @@ class DQNModule(AgentModule):
         with torch.no_grad():
             next_v = self.target_net(torch.cat([b["next_obs"] for b in batch])).max(1).values
         for b, v in zip(batch, next_v.split([len(b["reward"]) for b in batch])):
-            b["target"] = b["reward"] + self.gamma * (1.0 - b["done"]) * v
+            b["target"] = self.bootstrap(b, v)
 
     def td_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
@@ -148,7 +148,11 @@ class DQNModule(AgentModule):
                 next_v = next_q.gather(1, best).squeeze(1)
             else:
                 next_v = next_q.max(1).values
-            return batch["reward"] + self.gamma * (1.0 - batch["done"]) * next_v
+            return self.bootstrap(batch, next_v)
+
+    def bootstrap(self, batch: dict[str, torch.Tensor], next_v: torch.Tensor) -> torch.Tensor:
+        """The TD target ``r + gamma * (1 - done) * V(s')`` of a minibatch, given ``V(s')``."""
+        return batch["reward"] + self.gamma * (1.0 - batch["done"]) * next_v
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"] if "target" in batch else self.td_target(batch)

@@ -25,8 +25,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from fodl.analysis.analogy import analogy_hits, format_analogies, nearest_neighbours, summarize
 from fodl.errors import FodlError
+from fodl.metrics.analogy import analogy_hits, format_analogies, nearest_neighbours, summarize
 from fodl.models.base import FodlModule
 from fodl.nets.skipgram import SkipGramNet
 from fodl.text.vocab import Vocabulary

@@ -23,14 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 from torchmetrics import MeanMetric
 
-from fodl.analysis.tagging import per_tag_table, tagging_scores
 from fodl.callbacks import tensorboard
 from fodl.data.conll import BOOK_SENTENCE
 from fodl.errors import FodlError
+from fodl.metrics.tagging import per_tag_table, tagging_scores
 from fodl.models.classifier import ClassifierModule
 from fodl.text.tokenize import treebank_tokenize
 from fodl.text.vocab import Vocabulary
-from fodl.text.window import WindowFeaturizer
+from fodl.text.window import SHAPES, WindowFeaturizer
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +67,9 @@ class TaggerModule(ClassifierModule):
         if feat.suffixes is not None and net.suffix is not None and len(feat.suffixes) > net.suffix.num_embeddings:
             problems.append(f"{len(feat.suffixes)} suffixes but {net.suffix.num_embeddings} suffix "
                             "rows (model.net.suffix_vocab_size; data.max_suffixes)")
+        if net.shape is not None and len(SHAPES) > net.shape.num_embeddings:
+            problems.append(f"{len(SHAPES)} word shapes but {net.shape.num_embeddings} shape rows "
+                            "(model.net.num_shapes)")
         if len(self.tags) != self.val_acc.num_classes:
             problems.append(f"the data has {len(self.tags)} tags but model.num_classes="
                             f"{self.val_acc.num_classes}")
@@ -175,7 +178,7 @@ def load_tagger(path: str) -> TaggerModule:
 
 
 def evaluate_checkpoint(path: str, data_dir: str | None = None) -> dict:
-    """Test scores (:func:`~fodl.analysis.tagging.tagging_scores`) of a tagger checkpoint on
+    """Test scores (:func:`~fodl.metrics.tagging.tagging_scores`) of a tagger checkpoint on
     its data's test split, featurised with the checkpoint's own vocabularies."""
     from fodl.checkpoint import load_module
 

@@ -20,8 +20,6 @@ import math
 import torch
 from torch import nn
 
-from fodl.text.window import SHAPES
-
 
 class WindowTaggerNet(nn.Module):
     """Args:
@@ -34,6 +32,8 @@ class WindowTaggerNet(nn.Module):
         suffix_lengths: the suffix features of the input (``data.suffix_lengths``).
         suffix_vocab_size, suffix_dim: suffix embeddings (``suffix_dim=0``: ignore suffixes).
         shape_dim: shape embedding size (0: ignore shapes, as the book).
+        num_shapes: shape embedding rows: the word shapes of ``fodl.text.window.SHAPES`` (11;
+            the tagger module checks that they fit).
         style: ``book`` or ``modern`` (module docstring).
         dropout: dropout before each hidden layer and the output (modern only).
         word_dropout: in training, each word id is replaced by ``<unk>`` with this
@@ -48,7 +48,7 @@ class WindowTaggerNet(nn.Module):
                  num_tags: int = 44, hidden: list[int] | None = None,
                  suffix_lengths: list[int] | None = None, suffix_vocab_size: int = 1,
                  suffix_dim: int = 0,
-                 shape_dim: int = 0, style: str = "modern", dropout: float = 0.0,
+                 shape_dim: int = 0, num_shapes: int = 11, style: str = "modern", dropout: float = 0.0,
                  word_dropout: float = 0.0, unk_id: int = 1, num_specials: int = 4,
                  freeze_embeddings: bool = False) -> None:
         super().__init__()
@@ -60,7 +60,7 @@ class WindowTaggerNet(nn.Module):
         self.word_dropout, self.unk_id, self.num_specials = word_dropout, unk_id, num_specials
         self.embed = nn.Embedding(vocab_size, embedding_dim)
         self.embed.weight.requires_grad_(not freeze_embeddings)
-        self.shape = nn.Embedding(len(SHAPES), shape_dim) if shape_dim else None
+        self.shape = nn.Embedding(num_shapes, shape_dim) if shape_dim else None
         self.suffix = nn.Embedding(suffix_vocab_size, suffix_dim) if suffix_dim and num_suffix_features else None
         per_word = embedding_dim + shape_dim + (suffix_dim * num_suffix_features if self.suffix else 0)
         layers: list[nn.Module] = []

@@ -28,7 +28,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from fodl.data.download import reading_archive
+from fodl.archive import reading_archive
 from fodl.errors import FodlError
 from fodl.text.tokenize import WORD_RE, tokenize
 

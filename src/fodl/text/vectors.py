@@ -1,7 +1,7 @@
-"""Pretrained word vectors in word2vec's formats: read them, write them, fill an embedding.
+"""Pretrained word vectors in word2vec's formats.
 
-word2vec (Mikolov's C tool), gensim's ``KeyedVectors.save_word2vec_format`` and fodl's own
-exports share two formats:
+word2vec (Mikolov's C tool) and gensim's ``KeyedVectors.save_word2vec_format`` write two
+formats:
 
 - **text**: a header line ``<count> <dim>``, then one line per word: the word and ``dim``
   numbers separated by spaces;
@@ -17,7 +17,6 @@ whose second line parses as a word and ``dim`` numbers is text.
 from __future__ import annotations
 
 import gzip
-import io
 from pathlib import Path
 from typing import IO, Collection, Iterable
 
@@ -150,50 +149,3 @@ def _read_binary(f, path, count, dim, wanted, limit, words, rows) -> None:
         if wanted is None or w in wanted:
             words.append(w)
             rows.append(np.frombuffer(data, dtype="<f4").copy())
-
-
-def write_word2vec(path: str | Path, words: list[str], vectors: torch.Tensor,
-                   binary: bool = False) -> Path:
-    """Write ``vectors`` (one row per word) in word2vec's text or binary format (readable by
-    :func:`read_word2vec`, gensim's ``KeyedVectors.load_word2vec_format`` and word2vec)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    v = vectors.detach().float().cpu().numpy()
-    if len(words) != len(v):
-        raise ValueError(f"{len(words)} words but {len(v)} vectors")
-    bad = [w for w in words if not w or any(c.isspace() for c in w)]
-    if bad:
-        raise FodlError(f"Words with whitespace cannot be written in word2vec format: {bad[:5]}")
-    with open(path, "wb") as f:
-        f.write(f"{len(words)} {v.shape[1]}\n".encode())
-        for w, row in zip(words, v):
-            if binary:
-                f.write(w.encode("utf-8") + b" " + row.astype("<f4").tobytes() + b"\n")
-            else:
-                buf = io.StringIO()
-                np.savetxt(buf, row[None], fmt="%.9g", delimiter=" ", newline="")
-                f.write(f"{w} {buf.getvalue()}\n".encode())
-    return path
-
-
-def embedding_from_vectors(vocab_words: list[str], words: list[str], vectors: torch.Tensor,
-                           lowercase_fallback: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(matrix, found)``: row i is the vector of ``vocab_words[i]`` (or, with
-    ``lowercase_fallback``, of its lowercase form; the exact form wins), zeros where the file
-    has neither; ``found`` (bool) marks the rows that were filled."""
-    index = {w: i for i, w in enumerate(words)}
-    lower: dict[str, int] = {}
-    if lowercase_fallback:
-        for i, w in enumerate(words):
-            lower.setdefault(w.lower(), i)
-    dim = vectors.shape[1] if vectors.ndim == 2 else 0
-    matrix = torch.zeros(len(vocab_words), dim)
-    found = torch.zeros(len(vocab_words), dtype=torch.bool)
-    for r, w in enumerate(vocab_words):
-        i = index.get(w)
-        if i is None and lowercase_fallback:
-            i = index.get(w.lower(), lower.get(w.lower()))
-        if i is not None:
-            matrix[r] = vectors[i]
-            found[r] = True
-    return matrix, found

@@ -8,6 +8,7 @@ from typing import Iterable, Sequence
 import torch
 
 from fodl.errors import FodlError
+from fodl.text.pad import pad_ids
 
 PAD, UNK = "<pad>", "<unk>"
 # Reserved sentence boundaries: sequence models (seq2seq) mark a sentence's start and end; the
@@ -152,8 +153,6 @@ class Vocabulary:
         with ``PAD`` at the end; ``T`` is the longest length (at most ``max_len``). See
         :func:`fodl.text.pad.pad_ids` for the same on id tensors.
         """
-        from fodl.text.pad import pad_ids
-
         head = [self.bos_id] if bos else []
         tail = [self.eos_id] if eos else []
         get, unk = self.index.get, self.unk_id

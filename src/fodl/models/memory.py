@@ -1,4 +1,4 @@
-"""One LightningModule for the sequence tasks of chapter 8: the copy task and bAbI, for the DNC
+"""The memory family of chapter 8: one LightningModule for the copy task and bAbI, for the DNC
 and its LSTM baseline (any net mapping a sequence to one output per step).
 
 The task follows the data: ``width`` (``data.width``: the copy task's bits per vector) or
@@ -37,7 +37,7 @@ FAILED = 0.05  # the paper's threshold for a failed bAbI task
 MAX_TASKS = 21  # bAbI task numbers 1..20 index per-task counters directly
 
 
-class SequenceModule(FodlModule):
+class MemoryModule(FodlModule):
     """Copy task / bAbI training and evaluation around a sequence net (module docstring).
 
     Args:
