@@ -19,8 +19,8 @@ import numpy as np
 import torch
 from hydra.utils import instantiate
 
+from fodl.analysis.classifier_run import load_classifier_run
 from fodl.analysis.interpolation import alpha_grid, interpolate
-from fodl.checkpoint import load_classifier_run
 from fodl.errors import reports_errors
 
 

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
+from fodl.analysis.classifier_run import load_classifier_run
 from fodl.analysis.embedding import penultimate_features, tsne
-from fodl.checkpoint import load_classifier_run
 from fodl.errors import reports_errors
 
 

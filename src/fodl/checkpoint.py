@@ -282,20 +282,3 @@ def load_run(path: str | Path, data_dir: str | None = None, stage: str = "test")
     datamodule = instantiate(data_cfg)
     datamodule.setup(stage)
     return module, datamodule, cfg
-
-
-def load_classifier_run(path: str | Path, data_dir: str | None, stage: str, script: str):
-    """:func:`load_run` for the analyses of an image classifier (``interpolate.py``,
-    ``tsne.py``): another family's checkpoint is refused before its data is read."""
-    from fodl.models.classifier import ClassifierModule
-
-    module, data_cfg, cfg = load_module(path, {"data_dir": data_dir} if data_dir else None)
-    if type(module) is not ClassifierModule:
-        raise FodlError(
-            f"{path} is not a classifier checkpoint: it holds a {type(module).__name__} "
-            f"(model={cfg.get('model_name') or '?'}), and {script} analyses an image classifier. "
-            "Give a checkpoint of a run with model=logreg, mnist_mlp, mnist_cnn, cifar_cnn or "
-            "cifar_cnn_bn.")
-    datamodule = instantiate(data_cfg)
-    datamodule.setup(stage)
-    return module, datamodule, cfg
