@@ -87,6 +87,7 @@ def test_replay_capacity_wraparound_and_memory():
     # the oldest 5 were overwritten: rows hold steps 20..24 then 15..19
     assert [int(buf.frames[r, 0, 0, 0]) for r in range(10)] == [20, 21, 22, 23, 24, 15, 16, 17, 18, 19]
     assert buf.rewards[:, 0].tolist() == [20., 21., 22., 23., 24., 15., 16., 17., 18., 19.]
+    assert buf.valid_rows == 25
     ok = buf.drawable()[:, 0]
     # newest row (24, no next frame yet) and the 3 oldest (their history was overwritten) are out
     assert ok.tolist() == [True, True, True, True, False, False, False, False, True, True]
@@ -118,7 +119,7 @@ def test_replay_rebuilds_the_stacks_the_agent_saw_across_episode_ends():
     for i, (row, obs, autoreset) in enumerate(history):
         nxt = history[i + 1][1] if i + 1 < len(history) else None
         truth[row] = {"obs": obs, "next": nxt, "autoreset": autoreset,
-                      "action": buf.actions[row].copy()}
+                      "action": buf.actions[row].clone()}
     ok = buf.drawable()
     assert buf.full and ok.sum() > rows  # plenty drawable, some not
     checked = 0
@@ -143,6 +144,7 @@ def test_replay_rebuilds_the_stacks_the_agent_saw_across_episode_ends():
     t_idx, e_idx = buf.sample_indices(64)
     buf.generator.set_state(state)
     batch = buf.sample(64)
+    assert int(buf.bad_draws) == 0 and ok[t_idx.numpy(), e_idx.numpy()].all()
     for k in range(64):
         t, e = int(t_idx[k]), int(e_idx[k])
         assert np.array_equal(batch["obs"][k].numpy(), truth[t]["obs"][e])
@@ -320,6 +322,9 @@ def test_dqn_resume_keeps_counters_and_weights(tmp_path):
     assert resumed["env/steps"] == first["env/steps"] + 64 + 8 * 16
     sd = read_checkpoint(tmp_path / "b" / "checkpoints" / "last.ckpt")
     assert sd["global_step"] == 3 * 8 * 4
+    # the target network's schedule continues from the restored count (per env step)
+    assert int(sd["state_dict"]["target_updates"]) == resumed["env/steps"] // 32
+    assert sd["ReplayDataModule"]["env_steps"] == resumed["env/steps"]
 
 
 def test_policy_gradient_training_iteration_on_cartpole(tmp_path):
@@ -484,3 +489,156 @@ def test_pong_end_to_end_on_cpu(tmp_path):
     assert -21 <= metrics["test/return"] <= 21 and metrics["env/episodes"] >= 5
     ckpt = read_checkpoint(tmp_path / "run" / "checkpoints" / "last.ckpt")
     assert ckpt["global_step"] == 63 and "net.head.0.weight" in ckpt["state_dict"]
+
+
+# -- issue 28: ale-py's vector env, device replay, batched acting, replay ratio -------------------
+def _step_both(spec, actions, n=2, seeds=(5, 6)):
+    """Step the gymnasium-wrapper path and ale-py's vector env with the same actions; yield
+    both results per step."""
+    gym_envs = make_vector_env(spec, n, "sync")
+    ale_envs = make_vector_env(spec, n, "ale")
+    try:
+        a, _ = gym_envs.reset(seed=list(seeds))
+        b, _ = ale_envs.reset(seed=list(seeds))
+        yield (a, None), (b, None)
+        for act in actions:
+            yield gym_envs.step(act), ale_envs.step(act)
+    finally:
+        gym_envs.close()
+        ale_envs.close()
+
+
+def test_ale_vector_env_matches_the_gymnasium_wrappers():
+    """No-op starts off: the same frames, clipped rewards, terminals, truncations, life losses
+    and episode statistics (raw scores, real game overs) for the same scripted actions,
+    across time-limit ends and NEXT_STEP autoresets."""
+    pytest.importorskip("ale_py")
+    from fodl.rl.envs import AtariVector
+
+    spec = EnvSpec.from_config({"id": "ALE/Breakout-v5", "noop_max": 0, "max_episode_steps": 120})
+    rng = np.random.default_rng(0)
+    actions = [rng.integers(0, 4, 2) for _ in range(300)]
+    ends = lives = truncs = 0
+    for k, (g, v) in enumerate(_step_both(spec, actions)):
+        if g[1] is None:
+            assert np.array_equal(g[0], v[0])
+            continue
+        _, gr, gterm, gtrunc, ginfo = g
+        _, vr, vterm, vtrunc, vinfo = v
+        for i in range(2):
+            if vtrunc[i]:
+                # pinned difference: the last frame of a time-limit-truncated game is ALE's
+                # frame without the max over the last two (a few dozen pixels of 7,056 differ)
+                assert np.array_equal(g[0][i, :3], v[0][i, :3])
+                assert (g[0][i, 3] != v[0][i, 3]).mean() < 0.01
+            else:
+                assert np.array_equal(g[0][i], v[0][i]), f"frames differ at step {k}"
+        assert np.array_equal(gr, vr) and vr.dtype == np.float32 and set(vr) <= {-1.0, 0.0, 1.0}
+        assert np.array_equal(gterm, vterm) and np.array_equal(gtrunc, vtrunc)
+        assert np.array_equal(ginfo["life_lost"].astype(bool), vinfo["life_lost"])
+        assert np.array_equal(ginfo.get("_episode", np.zeros(2, bool)), vinfo["_episode"])
+        for i in np.flatnonzero(vinfo["_episode"]):
+            assert vinfo["episode"]["r"][i] == ginfo["episode"]["r"][i]
+            assert vinfo["episode"]["l"][i] == ginfo["episode"]["l"][i]
+        ends += int(vinfo["_episode"].sum())
+        truncs += int(vtrunc.sum())
+        lives += int(vinfo["life_lost"].sum())
+    assert ends >= 4 and lives >= 2 and truncs >= 2   # time limits, autoresets and lost lives were exercised
+    # documented differences: with no-op starts the counts come from ALE's own generator
+    # (first observations are still zero-padded stacks); the id maps to ALE's ROM names
+    v = AtariVector({"id": "ALE/Pong-v5"}, 2)
+    obs, _ = v.reset(seed=[0, 1])
+    assert obs.shape == (2, 4, 84, 84) and (obs[:, :3] == 0).all() and obs[:, 3].any(axis=(1, 2)).all()
+    v.close()
+    from fodl.rl.envs import ale_game
+    assert [ale_game(i) for i in ("ALE/MsPacman-v5", "PongNoFrameskip-v4", "ALE/Breakout-v5")] == \
+        ["ms_pacman", "pong", "breakout"]
+    with pytest.raises(FodlError, match="Atari games only"):
+        make_vector_env({"id": "CartPole-v1"}, 2, "ale")
+
+
+def test_atari_num_envs_picks_the_vector_env():
+    pytest.importorskip("ale_py")
+    from fodl.rl.envs import AtariVector
+
+    envs = make_vector_env({"id": "ALE/Pong-v5", "num_envs": 3}, 3)   # auto
+    assert isinstance(envs, AtariVector) and envs.num_envs == 3
+    envs.close()
+    single = make_vector_env({"id": "ALE/Pong-v5"}, 1)                 # auto, one game: wrappers
+    assert isinstance(single, gym.vector.SyncVectorEnv)
+    single.close()
+
+
+def test_replay_sampling_stays_on_the_device():
+    """Everything the sampler touches lives on the buffer's device; on a GPU, a draw makes no
+    host synchronisation (torch's sync debug mode turns one into an error)."""
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    for device in devices:
+        # sync_free: the GPU's sampler, also on the CPU
+        buf = ReplayBuffer(64, num_envs=2, frame_shape=(3, 3), frame_dtype=torch.uint8, stack=4,
+                           device=device, seed=1, sync_free=True)
+        for i in range(40):
+            buf.add(np.full((2, 3, 3), i, np.uint8), [0, 1], [1.0, -1.0], [i % 7 == 6] * 2,
+                    [i % 7 == 0] * 2, [i % 7 != 0 or i == 0] * 2)
+        assert all(t.device.type == device for t in (buf.frames, buf.actions, buf.valid))
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+        try:
+            batches = buf.sample(16, n_batches=3)
+        finally:
+            if device == "cuda":
+                torch.cuda.set_sync_debug_mode(0)
+        for b in batches:
+            assert all(v.device.type == device for v in b.values())
+            assert b["obs"].shape == (16, 4, 3, 3) and b["next_obs"].dtype == torch.uint8
+        assert int(buf.bad_draws) == 0
+        # only drawable rows, drawn uniformly among them
+        t, e = buf.sample_indices(20_000)
+        ok = buf.drawable()
+        assert ok[t.cpu().numpy(), e.cpu().numpy()].all() and int(buf.bad_draws) == 0
+        counts = np.bincount(t.cpu().numpy() * 2 + e.cpu().numpy(), minlength=buf.capacity)
+        drawn = counts[ok.reshape(-1)]
+        assert (counts[~ok.reshape(-1)] == 0).all()
+        assert drawn.min() > 0.6 * drawn.mean() and drawn.max() < 1.4 * drawn.mean()
+    # same seed, same device: the same minibatches
+    def draw():
+        b = ReplayBuffer(32, frame_shape=(2,), seed=7)
+        for i in range(20):
+            b.add(np.full((1, 2), i, np.float32), [0], [0.0], [False], [i == 0], [True])
+        return b.sample(8)["obs"]
+    assert torch.equal(draw(), draw())
+
+
+def test_batched_acting_matches_per_env_acting():
+    net = NatureCNN((4, 84, 84), 6)
+    model = DQNModule(net, eval_epsilon=0.0)
+    obs = torch.randint(0, 256, (8, 4, 84, 84), dtype=torch.uint8)
+    g = torch.Generator().manual_seed(0)
+    batched = model.act(obs, g, explore=False, env_steps=0, episodes=0)
+    single = torch.cat([model.act(obs[i:i + 1], g, explore=False, env_steps=0, episodes=0)
+                        for i in range(8)])
+    assert batched.shape == (8,) and torch.equal(batched, single)
+    with torch.no_grad():
+        q = net(obs)
+        assert torch.allclose(q, torch.cat([net(obs[i:i + 1]) for i in range(8)]), atol=1e-5)
+    assert torch.equal(batched, q.argmax(1))
+
+
+def test_replay_ratio_is_per_environment_step(tmp_path):
+    """data.num_envs changes how many environments step at once, not the optimizer steps per
+    environment step: gradient_steps per train_freq transitions either way."""
+    common = ("model=dqn", "data.learning_starts=32", "data.train_freq=4", "data.gradient_steps=1",
+              "data.batch_size=8", "data.steps_per_epoch=96", "data.eval_episodes=1",
+              "data.test_episodes=1", "model.net.hidden=[16]", "trainer.max_epochs=1", "test=false")
+    got = {}
+    for n in (1, 4, 8):
+        m = train(rl_cfg(tmp_path, *common, f"env.num_envs={n}", run=f"n{n}"))
+        ckpt = read_checkpoint(tmp_path / f"n{n}" / "checkpoints" / "last.ckpt")
+        got[n] = (int(m["env/steps"]), ckpt["global_step"])
+    for n, (steps, opt_steps) in got.items():
+        # the first update at the end of the warm-up (32 random steps), then one per 4
+        # transitions (autoreset steps of CartPole's vector env are not transitions)
+        assert 96 <= steps - 32 <= 96 + 4 * n, (n, steps)
+        assert abs(opt_steps - (steps - 32) // 4) <= 2, (n, steps, opt_steps)
+    assert got[1] == (128, 24)

@@ -45,6 +45,7 @@ from fodl.nets.dnc import CONTROLLERS as _CONTROLLERS
 from fodl.nets.init import INITS as _INITS
 from fodl.nets.seq2seq import ATTENTIONS as _ATTENTIONS
 from fodl.nets.skipgram import INITS as _SKIPGRAM_INITS
+from fodl.rl.envs import VECTORIZATIONS as _VECTORIZATIONS
 from fodl.text.tokenize import TOKENIZERS as _TOKENIZERS
 
 # -- rules ----------------------------------------------------------------------------------
@@ -419,7 +420,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "epsilon_decay_episodes": _NONNEG_INT, "eval_mode": Choice("greedy", "sample"),
     },
     "fodl.data.rl._EnvDataModule": {
-        "num_envs": POSITIVE_INT, "vectorization": Choice("sync", "async"),
+        "num_envs": POSITIVE_INT, "vectorization": Choice(*_VECTORIZATIONS),
         "eval_episodes": POSITIVE_INT, "test_episodes": Number(integer=True, min=1, none=True),
         "eval_num_envs": Number(integer=True, min=1, none=True),
         "seed": Number(integer=True, min=0, none=True),

@@ -1,4 +1,6 @@
-"""fodl's DQN and Stable-Baselines3's DQN on CartPole-v1, side by side (``scripts/benchmark_rl.py``).
+"""fodl's DQN and Stable-Baselines3's DQN on CartPole-v1, side by side, and fodl's DQN on Pong
+through the single-environment and the vectorised path (:func:`atari_benchmark`), both run by
+``scripts/benchmark_rl.py``.
 
 Both train with SB3 zoo's CartPole-v1 hyperparameters (``conf/rl/dqn_cartpole.yaml`` says
 which), for the same number of environment steps and the same seeds, in one process with the
@@ -151,7 +153,7 @@ def benchmark(seeds: list[int], output_dir: Path, overrides: list[str], eval_epi
 
 def _planned_steps(cfg) -> int:
     d = cfg.data
-    chunk = d.train_freq * d.num_envs
+    chunk = d.num_envs * -(-d.train_freq // d.num_envs)
     warm = -(-(d.learning_starts + 1) // chunk) * chunk
     updates = cfg.trainer.max_epochs * -(-d.steps_per_epoch // chunk)
     return warm + (updates - 1) * chunk
@@ -171,3 +173,126 @@ def _table(rows: list[dict[str, Any]], print_fn) -> None:
             ret = sum(r["eval_return_eps0.0"] for r in sel) / len(sel)
             solved = sum(r["eval_return_eps0.0"] >= 500 for r in sel)
             print_fn(f"| **{lib} mean** | {len(sel)} seeds | | | **{sps:.0f}** | **{ret:.1f}** ({solved}/{len(sel)} at 500) | |")
+
+
+# -- Atari: the single-environment path and the vectorised path, side by side -------------------
+class _Greedy:
+    """The agent's evaluation policy (one forward pass per vector step), for timing acting."""
+
+    def __init__(self, agent) -> None:
+        self.agent, self.device = agent, agent.device
+
+    def act(self, obs, generator, *, explore, env_steps, episodes):
+        return self.agent.act(obs, generator, explore=False, env_steps=env_steps, episodes=episodes)
+
+
+class _TrainClock:
+    """Lightning callback: env steps and wall time from the first update to the end of fit
+    (the random warm-up, which makes no updates, is left out)."""
+
+    def __init__(self) -> None:
+        import lightning as L
+
+        clock = self
+
+        class _CB(L.Callback):
+            def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+                if clock.start is None:
+                    clock.start = (time.perf_counter(), trainer.datamodule.collector.env_steps,
+                                   trainer.datamodule.eval_seconds)
+
+            def on_train_end(self, trainer, pl_module):
+                dm = trainer.datamodule
+                clock.end = (time.perf_counter(), dm.collector.env_steps, dm.eval_seconds)
+                # acting only (env steps, one batched forward pass, replay writes; no updates)
+                c, n = dm.collector, clock.act_steps
+                t0, s0 = time.perf_counter(), c.env_steps
+                c.collect(_Greedy(pl_module), n)
+                clock.act_sps = (c.env_steps - s0) / (time.perf_counter() - t0)
+
+        self.callback = _CB()
+        self.act_steps = 400
+        self.act_sps = 0.0
+        self.start: tuple[float, int, float] | None = None
+        self.end: tuple[float, int, float] | None = None
+
+    def sps(self) -> tuple[float, int, float]:
+        (t0, s0, e0), (t1, s1, e1) = self.start, self.end
+        seconds = t1 - t0 - (e1 - e0)
+        return (s1 - s0) / seconds, s1 - s0, seconds
+
+
+ATARI_PATHS = {
+    "single": ["env.num_envs=1"],            # gymnasium's Atari wrappers, one game
+    "vector": [],                            # ale-py's vector env, env.num_envs (8) games
+}
+
+
+def atari_fodl_config(path: str, output_dir: Path, env_steps: int, learning_starts: int,
+                      overrides: list[str]):
+    from fodl.config import compose_run
+
+    return compose_run([
+        "model=dqn", "env=atari", f"paths.root_dir={output_dir}",
+        f"data.learning_starts={learning_starts}", f"data.steps_per_epoch={env_steps}",
+        "data.buffer_size=100000", "trainer.max_epochs=1", "+trainer.limit_val_batches=0",
+        "trainer.num_sanity_val_steps=0", "test=false", "callbacks.model_checkpoint=null",
+        "trainer.accelerator=cpu", "model.torch_threads=null", *ATARI_PATHS[path], *overrides,
+    ], output_dir / f"{path}")
+
+
+def run_atari_path(path: str, output_dir: Path, env_steps: int, learning_starts: int,
+                   overrides: list[str]) -> dict[str, Any]:
+    import os
+
+    from fodl.train import build
+
+    cfg = atari_fodl_config(path, output_dir, env_steps, learning_starts, overrides)
+    datamodule, model, trainer = build(cfg)
+    clock = _TrainClock()
+    trainer.callbacks.append(clock.callback)
+    load0 = os.getloadavg()[0]
+    trainer.fit(model, datamodule=datamodule)
+    sps, steps, seconds = clock.sps()
+    return {"path": path, "num_envs": int(cfg.data.num_envs), "train_freq": int(cfg.data.train_freq),
+            "gradient_steps": int(cfg.data.gradient_steps), "batch_size": int(cfg.data.batch_size),
+            "env_steps": steps, "optimizer_steps": int(trainer.global_step),
+            "seconds": round(seconds, 2), "sps": round(sps, 1), "act_only_sps": round(clock.act_sps, 1),
+            "load_avg_1min": [round(load0, 2), round(os.getloadavg()[0], 2)]}
+
+
+def atari_benchmark(output_dir: Path, env_steps: int = 2000, learning_starts: int = 1000,
+                    rounds: int = 2, overrides: list[str] | None = None, threads: int | None = None,
+                    print_fn: Callable[[str], None] = print) -> list[dict[str, Any]]:
+    """Train DQN on Pong (Nature net, ``conf/rl/dqn_atari.yaml``'s replay ratio: one minibatch
+    of 32 per 4 environment steps) through the single-environment path and the vectorised
+    path, alternating ``rounds`` times in this process (drift of a shared machine is shared
+    alike); print env steps/s of the training phase (after the random warm-up) of each, then of
+    acting alone with the trained net (400 env steps: emulators, one batched forward pass per
+    vector step, replay writes; no updates), the machine's load, and the ratios of the means."""
+    if threads:
+        torch.set_num_threads(int(threads))
+    output_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for r in range(rounds):
+        for path in (("single", "vector") if r % 2 == 0 else ("vector", "single")):
+            row = {"round": r, **run_atari_path(path, output_dir / f"r{r}", env_steps,
+                                                learning_starts, list(overrides or []))}
+            rows.append(row)
+            print_fn(json.dumps(row))
+    print_fn("")
+    print_fn("| path | envs | env steps | optimizer steps | wall s | training env steps/s | "
+             "acting-only env steps/s | load (1 min) |")
+    print_fn("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        print_fn(f"| {r['path']} | {r['num_envs']} | {r['env_steps']} | {r['optimizer_steps']} | "
+                 f"{r['seconds']} | {r['sps']} | {r['act_only_sps']} | "
+                 f"{r['load_avg_1min'][0]} -> {r['load_avg_1min'][1]} |")
+    for key, what in (("sps", "training"), ("act_only_sps", "acting-only")):
+        mean = {p: sum(r[key] for r in rows if r["path"] == p) / max(1, sum(r["path"] == p for r in rows))
+                for p in ATARI_PATHS}
+        if mean["single"] > 0:
+            print_fn(f"mean {what} env steps/s: single {mean['single']:.1f}, vector "
+                     f"{mean['vector']:.1f}, ratio {mean['vector'] / mean['single']:.1f}x")
+    (output_dir / "results.json").write_text(json.dumps(rows, indent=2))
+    return rows

@@ -4,10 +4,13 @@ In supervised learning a DataModule reads examples from files; here it steps env
 with the policy being trained, so the trainer's ordinary loop (``training_step`` on the batches
 the train loader yields, validation after each epoch) is the RL loop:
 
-- :class:`ReplayDataModule` (DQN): each item of an epoch is ``train_freq`` vector steps of
-  epsilon-greedy acting written to the replay memory, then ``gradient_steps`` minibatches
-  drawn from it (a :class:`~fodl.data.loader.StepGroup` when more than one: one optimizer step
-  each). The first item waits until ``learning_starts`` transitions were taken at random.
+- :class:`ReplayDataModule` (DQN): each item of an epoch is at least ``train_freq``
+  environment steps of epsilon-greedy acting (one vector step of all ``num_envs``
+  environments at a time) written to the replay memory, then ``gradient_steps`` minibatches
+  for every ``train_freq`` environment steps taken (a :class:`~fodl.data.loader.StepGroup` when
+  more than one: one optimizer step each). The replay ratio is per environment step, so
+  ``num_envs`` changes how many environments step at once, not what is learnt per step. The
+  first item waits until ``learning_starts`` transitions were taken at random.
 - :class:`EpisodeDataModule` (policy gradient): each item is ``episodes_per_batch`` whole
   episodes played with the current stochastic policy.
 - Validation and test loaders play evaluation episodes (one item per episode) with the
@@ -36,7 +39,7 @@ import torch
 
 from fodl.data.loader import StepGroup, derive_seed
 from fodl.errors import FodlError
-from fodl.rl.envs import EnvSpec, make_vector_env
+from fodl.rl.envs import VECTORIZATIONS, EnvSpec, make_vector_env
 
 _VAL, _TEST, _TRAIN = 1, 2, 3  # keys of the seed streams
 
@@ -52,14 +55,17 @@ class _EnvDataModule(L.LightningDataModule):
     ``data_dir`` / ``cache_dir`` are accepted and unused (environments read no dataset; the
     entry points pass them to every DataModule)."""
 
-    def __init__(self, env: Any, num_envs: int = 1, vectorization: str = "sync",
+    def __init__(self, env: Any, num_envs: int | None = None, vectorization: str = "auto",
                  eval_episodes: int = 10, test_episodes: int | None = None,
                  eval_num_envs: int | None = None, seed: int | None = 0,
                  data_dir: Any = None, cache_dir: Any = None) -> None:
         super().__init__()
         self.env = EnvSpec.from_config(env)
-        if vectorization not in ("sync", "async"):
-            raise FodlError(f"data.vectorization={vectorization!r}: choose sync or async.")
+        if vectorization not in VECTORIZATIONS:
+            raise FodlError(f"data.vectorization={vectorization!r}: choose one of "
+                            f"{', '.join(VECTORIZATIONS)}.")
+        if num_envs is None:
+            num_envs = self.env.num_envs
         if num_envs < 1:
             raise FodlError(f"data.num_envs={num_envs}: give at least 1.")
         self.num_envs = int(num_envs)
@@ -106,7 +112,7 @@ class _EnvDataModule(L.LightningDataModule):
         n = self.eval_episodes if split == "val" else self.test_episodes
         k = max(1, min(n, self.eval_num_envs or n))
         if split not in self._eval_envs:
-            self._eval_envs[split] = make_vector_env(self.env, k, "sync")
+            self._eval_envs[split] = make_vector_env(self.env, k, self.vectorization)
         return self._eval_envs[split]
 
     def val_dataloader(self) -> "EvalEpisodes":
@@ -173,12 +179,15 @@ class ReplayDataModule(_EnvDataModule):
         batch_size: transitions per minibatch.
         learning_starts: transitions taken at random before the first update (SB3's
             ``learning_starts``, the Nature paper's replay start size).
-        train_freq: vector steps between updates (each is ``num_envs`` transitions).
-        gradient_steps: minibatches (optimizer steps) per update.
-        steps_per_epoch: environment steps per epoch (rounded up to whole updates); the
+        train_freq: environment steps (transitions, whatever ``num_envs``) per update.
+        gradient_steps: minibatches (optimizer steps) per update: the replay ratio is
+            ``gradient_steps / train_freq`` minibatches per environment step.
+        steps_per_epoch: environment steps per epoch (rounded up to whole items); the
             first epoch also takes the warm-up. Validation runs after every epoch.
-        num_envs, vectorization: parallel environments (gymnasium sync or async vector env).
-        on_device: keep the replay frames on the training device (GPU).
+        num_envs, vectorization: parallel environments (default ``env.num_envs``) and how
+            they run (``auto``: ale-py's vector env for Atari with several, else gymnasium's
+            sync vector env; ``ale``, ``sync``, ``async``).
+        on_device: keep the replay memory on the training device (GPU) and sample it there.
         eval_episodes, test_episodes, eval_num_envs: evaluation episodes per validation /
             test, and how many environments play them side by side (default: all).
         seed: seeds environments, random actions and replay sampling.
@@ -186,7 +195,7 @@ class ReplayDataModule(_EnvDataModule):
 
     def __init__(self, env: Any, buffer_size: int = 100_000, batch_size: int = 64,
                  learning_starts: int = 1000, train_freq: int = 256, gradient_steps: int = 128,
-                 steps_per_epoch: int = 5000, num_envs: int = 1, vectorization: str = "sync",
+                 steps_per_epoch: int = 5000, num_envs: int | None = None, vectorization: str = "auto",
                  on_device: bool = True, eval_episodes: int = 10,
                  test_episodes: int | None = None, eval_num_envs: int | None = None,
                  seed: int | None = 0, data_dir: Any = None, cache_dir: Any = None) -> None:
@@ -207,8 +216,14 @@ class ReplayDataModule(_EnvDataModule):
         self.buffer = None
 
     @property
+    def chunk(self) -> int:
+        """Environment steps per item: whole vector steps, at least ``train_freq``."""
+        return self.num_envs * -(-self.train_freq // self.num_envs)
+
+    @property
     def updates_per_epoch(self) -> int:
-        return -(-self.steps_per_epoch // (self.train_freq * self.num_envs))
+        """Items (training batches of the trainer's loop) per epoch."""
+        return -(-self.steps_per_epoch // self.chunk)
 
     def setup(self, stage: str) -> None:
         if stage != "fit" or self.collector is not None:
@@ -233,6 +248,8 @@ class ReplayDataModule(_EnvDataModule):
         self._buffer_start = 0
         self._is_ready = False
         self.fit_clock = None
+        self._learn_start = 0     # env steps when updates started (this run or since resume)
+        self._updates = 0         # updates (of gradient_steps minibatches) taken since then
         self._apply_pending()
 
     def _state(self) -> dict[str, Any]:
@@ -248,12 +265,22 @@ class ReplayDataModule(_EnvDataModule):
             return False
         c.env_steps, c.episodes = int(state["env_steps"]), int(state["episodes"])
         c.generator.set_state(state["act_rng"])
-        self.buffer.generator.set_state(state["replay_rng"])
+        try:
+            self.buffer.generator.set_state(state["replay_rng"])
+        except RuntimeError:   # saved on another kind of device (CUDA vs CPU generator state)
+            self.buffer.generator.manual_seed(_seed31(self.seed, _TRAIN, 1, c.env_steps))
         # new episodes, from seeds that differ from the run's first ones
         c.reset(_seed31(self.seed, _TRAIN, c.env_steps))
         self._buffer_start = c.env_steps
         self._is_ready = False
         return True
+
+    def minibatches_due(self) -> int:
+        """Minibatches owed now: ``gradient_steps`` per ``train_freq`` environment steps taken
+        since updates (re)started, less those already drawn."""
+        due = (self.collector.env_steps - self._learn_start) // self.train_freq - self._updates
+        self._updates += due
+        return due * self.gradient_steps
 
     def ready(self) -> bool:
         """Whether updates can start: past the warm-up, and (after a resume) the new memory
@@ -264,7 +291,9 @@ class ReplayDataModule(_EnvDataModule):
         filled = c.env_steps - self._buffer_start
         self._is_ready = (c.env_steps > self.learning_starts
                           and filled > min(self.learning_starts, self.buffer.capacity - 1)
-                          and filled >= 2 * self.num_envs and bool(self.buffer.valid.any()))
+                          and filled >= 2 * self.num_envs and self.buffer.valid_rows > 0)
+        if self._is_ready:   # the first update is owed now; the next after train_freq more steps
+            self._learn_start, self._updates = c.env_steps - self.train_freq, 0
         return self._is_ready
 
     def train_dataloader(self) -> "ReplayStream":
@@ -292,12 +321,12 @@ class ReplayStream:
         agent = dm.agent()
         c = dm.collector
         dm.start_clock()
-        chunk = dm.train_freq * dm.num_envs
+        chunk = dm.chunk
         for _ in range(len(self)):
             c.collect(agent, chunk, random_until=dm.learning_starts)
             while not dm.ready():
                 c.collect(agent, chunk, random_until=dm.learning_starts)
-            batches = dm.buffer.sample(dm.batch_size, dm.gradient_steps)
+            batches = dm.buffer.sample(dm.batch_size, max(dm.minibatches_due(), 1))
             batches[0]["rollout"] = {"env_steps": c.env_steps, "episodes": c.drain(),
                                      "sps": dm.sps()}
             yield batches[0] if len(batches) == 1 else StepGroup(batches)
@@ -315,7 +344,7 @@ class EpisodeDataModule(_EnvDataModule):
     """
 
     def __init__(self, env: Any, episodes_per_batch: int = 8, batches_per_epoch: int = 10,
-                 num_envs: int = 1, vectorization: str = "sync", eval_episodes: int = 10,
+                 num_envs: int | None = None, vectorization: str = "auto", eval_episodes: int = 10,
                  test_episodes: int | None = None, eval_num_envs: int | None = None,
                  seed: int | None = 0, data_dir: Any = None, cache_dir: Any = None) -> None:
         super().__init__(env, num_envs, vectorization, eval_episodes, test_episodes,

@@ -96,6 +96,7 @@ class DQNModule(AgentModule):
         self.eval_epsilon = eval_epsilon
         # target updates done so far, in intervals of environment steps (checkpointed)
         self.register_buffer("target_updates", torch.zeros((), dtype=torch.long))
+        self._target_updates: int | None = None   # host copy (reading the buffer syncs a GPU)
         self._q_means: list[torch.Tensor] = []
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
@@ -118,13 +119,20 @@ class DQNModule(AgentModule):
     # -- learning --------------------------------------------------------------------------
     def before_update(self, env_steps: int) -> None:
         due = env_steps // self.target_update_interval
-        missed = due - int(self.target_updates)
+        if self._target_updates is None:
+            self._target_updates = int(self.target_updates)
+        missed = due - self._target_updates
         if missed <= 0:
             return
         # n soft updates in a row equal one with tau' = 1 - (1 - tau)^n
         tau = 1.0 if self.tau >= 1.0 else 1.0 - (1.0 - self.tau) ** missed
         sync_target(self.target_net, self.net, tau)
         self.target_updates.fill_(due)
+        self._target_updates = due
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_load_checkpoint(checkpoint)
+        self._target_updates = None   # re-read from the restored buffer
 
     def prepare_batch(self, batch) -> None:
         """For a group of minibatches (one update of ``gradient_steps`` optimizer steps), compute

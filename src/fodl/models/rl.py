@@ -14,7 +14,9 @@ Logged (TensorBoard / CSV):
   of training, evaluation excluded), ``rollout/loss`` (last minibatch) and the family's own
   (DQN: ``rollout/epsilon``, ``rollout/q_mean``; policy gradient: ``rollout/entropy``);
 - per epoch (on the trainer's step axis, and in ``metrics.json``): ``train/loss``,
-  ``train/return`` (mean of the epoch's episodes), ``env/steps``, ``env/sps``, ``env/episodes``;
+  ``train/return`` (mean of the epoch's episodes), ``train/return_last20`` (mean of the last 20
+  training episodes, the metric of the fast Pong recipe), ``env/steps``, ``env/sps``,
+  ``env/episodes``;
 - ``val/return``, ``val/length`` (evaluation episodes after every epoch; ``val/return`` is the
   ``monitor`` that picks the best checkpoint) and ``test/return``, ``test/length``.
 """
@@ -155,6 +157,9 @@ class AgentModule(FodlModule):
         super().on_train_epoch_end()
         if self._epoch_returns:
             self.log("train/return", sum(self._epoch_returns) / len(self._epoch_returns))
+        if self._recent:
+            last = list(self._recent)[-20:]
+            self.log("train/return_last20", sum(last) / len(last))
         self.log("env/steps", float(self.env_steps))
         self.log("env/sps", self._sps)
         self.log("env/episodes", float(self._epoch_episodes))

@@ -20,7 +20,18 @@ in the order of Mnih et al. 2015 ("Human-level control through deep reinforcemen
 ``repeat_action_probability`` defaults to 0 (no sticky actions: the Nature paper's and CleanRL's
 ``NoFrameskip-v4`` setting, whose numbers fodl is compared with); v5's own default is 0.25.
 
-Vectorised environments use gymnasium's ``SyncVectorEnv`` / ``AsyncVectorEnv`` with
+Several Atari environments (``env.num_envs > 1``, 8 by default) run in ale-py's own vector
+environment (:class:`AtariVector` around ``ale_py.vector_env.AtariVectorEnv``: the emulators
+step in C++ threads and the same Nature preprocessing is done there), with the same semantics
+as the wrapper stack above: no-op starts, frame skip with a max over the last two frames,
+84x84 grayscale, zero-padded frame stacks, ``info["life_lost"]``, rewards clipped for the
+learner and raw game scores in the episode statistics, no FIRE on reset, no sticky actions.
+Identical frames, rewards and terminals for the same actions when no-op starts are off
+(``tests/test_rl.py``); the differences by design: the no-op counts are drawn from ALE's own
+random generator (not gymnasium's), and ``max_episode_steps`` becomes ALE's frame limit
+(``max_episode_steps x frame_skip`` frames, no-op frames included).
+
+Other vectorised environments use gymnasium's ``SyncVectorEnv`` / ``AsyncVectorEnv``. All use
 ``autoreset_mode=NEXT_STEP``: the step that ends an episode returns its true final observation,
 and the next ``step`` call resets that sub-environment (its action is ignored, reward 0). The
 collectors in :mod:`fodl.rl.rollout` rely on this.
@@ -31,6 +42,8 @@ from __future__ import annotations
 import functools
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, Callable
+
+import numpy as np
 
 from fodl.errors import FodlError
 
@@ -68,6 +81,8 @@ class EnvSpec:
     """What ``conf/env/*.yaml`` says about an environment (``env.id=ALE/Pong-v5`` etc.)."""
 
     id: str = "CartPole-v1"
+    num_envs: int = 1               # environments stepped side by side while training
+    num_threads: int = 0            # Atari, ale-py vector env: emulator threads (0: ale-py's choice)
     atari: bool | None = None       # None: decided from the id ("ALE/..." or "...NoFrameskip...")
     frame_stack: int = 4            # Atari: frames per observation
     frame_skip: int = 4             # Atari: emulator frames per action (max over the last two)
@@ -168,24 +183,116 @@ def _make(gym, env_id: str, **kwargs):
                         "ids need env=atari).") from None
 
 
-def make_vector_env(spec: EnvSpec | dict, num_envs: int = 1, vectorization: str = "sync"):
-    """``num_envs`` copies of ``make_env(spec)`` as one gymnasium vector environment.
+VECTORIZATIONS = ("auto", "ale", "sync", "async")
 
-    ``vectorization="sync"`` steps them one after the other in this process (best for cheap
-    environments such as CartPole); ``"async"`` runs each in its own process (Atari on a
-    machine with cores to spare).
+
+def make_vector_env(spec: EnvSpec | dict, num_envs: int = 1, vectorization: str = "auto"):
+    """``num_envs`` environments as ``spec`` describes them, as one vector environment.
+
+    ``vectorization="ale"``: ale-py's C++ vector environment (:class:`AtariVector`, Atari only);
+    ``"sync"``: copies of ``make_env(spec)`` stepped one after the other in this process (best
+    for cheap environments such as CartPole); ``"async"``: each copy in its own process;
+    ``"auto"``: ``ale`` for Atari with more than one environment, else ``sync``.
     """
     gym = require_gymnasium()
     spec = EnvSpec.from_config(spec)
     if num_envs < 1:
         raise FodlError(f"data.num_envs={num_envs}: give at least 1.")
+    if vectorization not in VECTORIZATIONS:
+        raise FodlError(f"data.vectorization={vectorization!r}: choose one of {', '.join(VECTORIZATIONS)}.")
+    if vectorization == "auto":
+        vectorization = "ale" if spec.atari and num_envs > 1 else "sync"
+    if vectorization == "ale":
+        if not spec.atari:
+            raise FodlError(f"data.vectorization=ale runs Atari games only, not env.id={spec.id}: "
+                            "use data.vectorization=sync (or auto).")
+        return AtariVector(spec, num_envs)
     fns: list[Callable] = [lambda: make_env(spec) for _ in range(num_envs)]
     mode = gym.vector.AutoresetMode.NEXT_STEP
     if vectorization == "sync":
         return gym.vector.SyncVectorEnv(fns, autoreset_mode=mode)
-    if vectorization == "async":
-        return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
-    raise FodlError(f"data.vectorization={vectorization!r}: choose sync or async.")
+    return gym.vector.AsyncVectorEnv(fns, autoreset_mode=mode)
+
+
+def ale_game(env_id: str) -> str:
+    """ale-py's ROM name of a gymnasium Atari id: ``ALE/Pong-v5`` and ``PongNoFrameskip-v4``
+    -> ``pong``, ``ALE/MsPacman-v5`` -> ``ms_pacman``."""
+    import re
+
+    name = env_id.split("/")[-1].split("-")[0]
+    name = re.sub(r"(NoFrameskip|Deterministic)$", "", name)
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
+
+
+class AtariVector:
+    """``num_envs`` Atari games in ale-py's ``AtariVectorEnv`` (C++ threads), with the
+    gymnasium vector-env interface and the semantics of :func:`make_env`'s wrapper stack.
+
+    The emulator returns raw rewards (``reward_clipping=False``) so that ``info["episode"]``
+    (``"r"``, ``"l"`` and the mask ``info["_episode"]``, as gymnasium's
+    ``RecordEpisodeStatistics``) holds the game's score; the rewards returned are clipped to
+    [-1, 1] when ``spec.clip_rewards``. ``info["life_lost"]`` is True on a step whose lives
+    counter dropped (the game goes on). NEXT_STEP autoreset: the step after an episode's end
+    resets that game, returns its first observation and is not a transition.
+    """
+
+    def __init__(self, spec: EnvSpec | dict, num_envs: int) -> None:
+        _require_atari()
+        from ale_py.vector_env import AtariVectorEnv
+
+        spec = EnvSpec.from_config(spec)
+        self.spec = spec
+        frames = 108_000 if spec.max_episode_steps is None else int(spec.max_episode_steps) * spec.frame_skip
+        try:
+            self.env = AtariVectorEnv(
+                ale_game(spec.id), int(num_envs), num_threads=int(spec.num_threads),
+                repeat_action_probability=spec.repeat_action_probability,
+                max_num_frames_per_episode=frames, img_height=spec.screen_size,
+                img_width=spec.screen_size, grayscale=True, stack_num=spec.frame_stack,
+                frameskip=spec.frame_skip, maxpool=True, noop_max=spec.noop_max,
+                episodic_life=False, life_loss_info=False, reward_clipping=False,
+                use_fire_reset=False, autoreset_mode="NextStep", **spec.kwargs)
+        except (AssertionError, TypeError, RuntimeError) as e:
+            raise FodlError(f"ale-py's vector environment cannot run env.id={spec.id!r} with "
+                            f"env.kwargs={spec.kwargs} ({type(e).__name__}: {e}). Give an Atari id "
+                            "such as ALE/Pong-v5, or use the gymnasium wrappers: "
+                            "data.vectorization=sync.") from None
+        self.num_envs = int(num_envs)
+        self.single_observation_space = self.env.single_observation_space
+        self.single_action_space = self.env.single_action_space
+        self.observation_space = self.env.observation_space
+        self.action_space = self.env.action_space
+
+    def reset(self, *, seed=None, options=None):
+        if seed is not None and not isinstance(seed, int):
+            seed = np.asarray(seed, dtype=np.int64)
+        obs, info = self.env.reset(seed=seed, options=options)
+        self._lives = np.asarray(info["lives"]).copy()
+        self._return = np.zeros(self.num_envs)
+        self._length = np.zeros(self.num_envs, dtype=np.int64)
+        self._resetting = np.zeros(self.num_envs, dtype=bool)  # this step autoresets
+        return obs, info
+
+    def step(self, actions):
+        obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions, dtype=np.int64))
+        reward = reward.astype(np.float32)
+        lives = np.asarray(info["lives"])
+        live = ~self._resetting                         # a real transition of a running game
+        info["life_lost"] = live & (lives < self._lives)
+        self._lives = lives.copy()
+        self._return = np.where(live, self._return + reward, 0.0)
+        self._length = np.where(live, self._length + 1, 0)
+        ended = live & (terminated | truncated)
+        info["_episode"] = ended
+        info["episode"] = {"r": np.where(ended, self._return, 0.0),
+                           "l": np.where(ended, self._length, 0)}
+        self._resetting = ended
+        if self.spec.clip_rewards:
+            reward = np.clip(reward, -1.0, 1.0)
+        return obs, reward, terminated, truncated, info
+
+    def close(self) -> None:
+        self.env.close()
 
 
 def env_spaces(spec: EnvSpec | dict) -> tuple[tuple[int, ...], int]:

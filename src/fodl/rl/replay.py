@@ -1,4 +1,4 @@
-"""Experience replay that stores every frame once.
+"""Experience replay that stores every frame once, on the training device, sampled there.
 
 A DQN transition is ``(s_t, a_t, r_t, terminal_t, s_{t+1})``, where on Atari ``s_t`` is a stack of
 the last 4 frames. Storing ``s_t`` and ``s_{t+1}`` per transition would keep every frame 8 times
@@ -8,18 +8,25 @@ markers. Stacks are rebuilt by index when a minibatch is drawn:
 
 - ``s_t`` = frames of rows ``t-3 .. t``, and ``s_{t+1}`` = rows ``t-2 .. t+1``;
 - ``first[t]``: frame ``t`` is the first of an episode, so frames before it in a stack are zeros
-  (what ``FrameStackObservation(padding_type="zero")`` showed the agent);
-- ``valid[t]``: the step from row ``t`` is a real transition. With gymnasium's NEXT_STEP
-  autoreset, the row of an episode's final observation is followed by a reset step whose action
-  is ignored; that row is stored (it is the ``s_{t+1}`` of the last transition) but never drawn.
+  (what ``FrameStackObservation(padding_type="zero")`` and ale-py's vector env showed the agent);
+- ``valid[t]``: the step from row ``t`` is a real transition. With NEXT_STEP autoreset, the row
+  of an episode's final observation is followed by a reset step whose action is ignored; that
+  row is stored (it is the ``s_{t+1}`` of the last transition) but never drawn.
 
-A million Atari transitions take 1M x 7,056 bytes = 7.1 GB of frames plus 14 MB of the rest,
+A million Atari transitions take 1M x 7,056 bytes = 7.1 GB of frames plus ~11 MB of the rest,
 instead of 56 GB. With ``num_envs`` parallel environments the memory is ``rows x num_envs``:
 row ``t`` holds step ``t`` of every environment, so each environment's frames stay consecutive.
-Frames live on ``device`` (the GPU when training there); the small per-row fields are numpy
-arrays on the CPU (a write is a few microseconds), and minibatch indices are drawn from the
-buffer's own seeded torch generator on the CPU, so the same seed draws the same minibatches on
-any device.
+
+Everything lives on ``device`` (the GPU when training there): frames, the per-row fields, and
+the seeded generator that draws minibatch indices. On a GPU a draw takes no host round trip
+(``sync_free``): it draws ``2n + 64`` candidate indices, keeps the first ``n`` drawable ones
+(rejection sampling without asking the host how many were rejected; the chance that fewer than
+``n`` of the candidates are drawable is below 1e-30 once most rows are, and such draws are
+counted in :attr:`ReplayBuffer.bad_draws`), and gathers the stacks with index tensors that never
+leave the device. On the CPU, where asking costs nothing, rejected indices are redrawn until
+all are drawable (the draws of earlier fodl versions: same seed, same minibatches). Writing a
+vector step is two copies to the device: the frames (from the observation the agent already
+acted on there) and one packed row of the small fields.
 
 CartPole uses the same class with ``stack=1``: observations are 4 floats and ``s_{t+1}`` is
 still read from the next row rather than stored twice.
@@ -43,13 +50,15 @@ class ReplayBuffer:
         frame_shape, frame_dtype: one stored frame: ``(84, 84)`` uint8 on Atari, ``(4,)``
             float32 for CartPole.
         stack: frames per observation (4 on Atari, 1 otherwise).
-        device: where frames live and minibatches are returned.
-        seed: seeds the generator that draws minibatch indices.
+        device: where everything lives and minibatches are returned.
+        seed: seeds the generator (on ``device``) that draws minibatch indices.
+        sync_free: draw without reading anything back to the host (default: on CUDA).
     """
 
     def __init__(self, capacity: int, num_envs: int = 1, frame_shape: Sequence[int] = (4,),
                  frame_dtype: torch.dtype = torch.float32, stack: int = 1,
-                 device: str | torch.device = "cpu", seed: int = 0) -> None:
+                 device: str | torch.device = "cpu", seed: int = 0,
+                 sync_free: bool | None = None) -> None:
         if capacity < 2 * num_envs:
             raise ValueError(f"replay capacity {capacity} must hold at least 2 steps of "
                              f"{num_envs} environment(s)")
@@ -61,19 +70,31 @@ class ReplayBuffer:
         self.stack = int(stack)
         self.frame_shape = tuple(int(s) for s in frame_shape)
         self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
         # torch.empty: pages are only committed as rows are written
         self.frames = torch.empty((self.rows, self.num_envs, *self.frame_shape), dtype=frame_dtype,
                                   device=self.device)
-        self._frames_np = self.frames.numpy() if self.device.type == "cpu" else None
         shape = (self.rows, self.num_envs)
-        self.actions = np.zeros(shape, dtype=np.int64)
-        self.rewards = np.zeros(shape, dtype=np.float32)
-        self.terminal = np.zeros(shape, dtype=bool)
-        self.first = np.zeros(shape, dtype=bool)
-        self.valid = np.zeros(shape, dtype=bool)
+        dev = self.device
+        self.actions = torch.zeros(shape, dtype=torch.long, device=dev)
+        self.rewards = torch.zeros(shape, dtype=torch.float32, device=dev)
+        self.terminal = torch.zeros(shape, dtype=torch.bool, device=dev)
+        self.first = torch.zeros(shape, dtype=torch.bool, device=dev)
+        self.valid = torch.zeros(shape, dtype=torch.bool, device=dev)
+        self.bad_draws = torch.zeros((), dtype=torch.long, device=dev)  # see the module docstring
         self.pos = 0          # next row to write
         self.full = False
-        self.generator = torch.Generator().manual_seed(int(seed))
+        self.valid_rows = 0   # transitions written as valid (host count: no device read)
+        self.generator = torch.Generator(device=dev).manual_seed(int(seed))
+        self.sync_free = dev.type != "cpu" if sync_free is None else bool(sync_free)
+        self._window = torch.arange(self.stack - 1, -1, -1, device=dev)  # oldest frame first
+        # one packed row of the small fields per vector step, staged in pinned memory on CUDA
+        pin = dev.type == "cuda"
+        self._meta = [torch.zeros((5, self.num_envs), dtype=torch.float32, pin_memory=pin)
+                      for _ in range(2 if pin else 1)]
+        self._meta_events: list[Any] = [None] * len(self._meta)
+        self._writes = 0
 
     # -- size ---------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -82,70 +103,100 @@ class ReplayBuffer:
 
     def nbytes(self) -> int:
         """Memory the buffer holds when full, in bytes."""
-        meta = sum(a.nbytes for a in (self.actions, self.rewards, self.terminal, self.first, self.valid))
+        meta = sum(a.element_size() * a.numel()
+                   for a in (self.actions, self.rewards, self.terminal, self.first, self.valid))
         return self.frames.element_size() * self.frames.numel() + meta
 
     # -- writing ------------------------------------------------------------------------
     def add(self, frame: Any, action: Any, reward: Any, terminal: Any, first: Any,
             valid: Any) -> None:
         """Write one vector step: for each environment, the newest frame of the observation
-        it acted on, the action, the reward and terminal flag of the step (``terminal``: no
-        bootstrapping from the next state), whether the frame starts an episode, and whether
-        the step is a real transition (False for the reset step after an episode's end)."""
+        it acted on (a numpy array or a tensor, ideally already on ``device``), the action, the
+        reward and terminal flag of the step (``terminal``: no bootstrapping from the next
+        state), whether the frame starts an episode, and whether the step is a real transition
+        (False for the reset step after an episode's end)."""
         p = self.pos
-        if self._frames_np is not None:
-            self._frames_np[p] = frame
-        else:
-            self.frames[p].copy_(torch.as_tensor(np.asarray(frame)), non_blocking=True)
-        self.actions[p] = action
-        self.rewards[p] = reward
-        self.terminal[p] = terminal
-        self.first[p] = first
-        self.valid[p] = valid
+        if not torch.is_tensor(frame):
+            frame = torch.from_numpy(np.asarray(frame))
+        self.frames[p].copy_(frame, non_blocking=True)
+        k = self._writes % len(self._meta)
+        if self._meta_events[k] is not None:
+            self._meta_events[k].synchronize()   # the copy from this staging row has finished
+        meta = self._meta[k]
+        valid = np.asarray(valid, dtype=bool)
+        meta.numpy()[:] = np.stack([np.asarray(action, dtype=np.float32).reshape(-1),
+                                    np.asarray(reward, dtype=np.float32).reshape(-1),
+                                    np.asarray(terminal, dtype=np.float32).reshape(-1),
+                                    np.asarray(first, dtype=np.float32).reshape(-1),
+                                    valid.astype(np.float32).reshape(-1)])
+        m = meta.to(self.device, non_blocking=True)
+        if self.device.type == "cuda":
+            self._meta_events[k] = torch.cuda.Event()
+            self._meta_events[k].record()
+        self._writes += 1
+        self.actions[p] = m[0].long()
+        self.rewards[p] = m[1]
+        self.terminal[p] = m[2] > 0
+        self.first[p] = m[3] > 0
+        self.valid[p] = m[4] > 0
+        self.valid_rows += int(valid.sum())
         self.pos = (p + 1) % self.rows
         if self.pos == 0:
             self.full = True
 
     # -- sampling -----------------------------------------------------------------------
-    def _ok(self, t: np.ndarray, e: np.ndarray) -> np.ndarray:
-        """Rows ``t`` (of env ``e``) that can be drawn: a real transition, its next row
-        written, and (once the memory has wrapped) its frame history not overwritten."""
+    def _ok(self, t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
+        """Whether rows ``t`` of envs ``e`` can be drawn: a real transition whose next row is
+        written (not the newest row) and (once the memory has wrapped) whose frame history is
+        not overwritten."""
         ok = self.valid[t, e] & (t != (self.pos - 1) % self.rows)
         if self.full and self.stack > 1:
             ok &= (t - self.pos) % self.rows >= self.stack - 1
         return ok
 
-    def sample_indices(self, n: int) -> tuple[np.ndarray, np.ndarray]:
-        """``n`` (row, env) pairs drawn uniformly, with replacement, among drawable rows."""
+    def sample_indices(self, n: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``n`` (row, env) pairs drawn uniformly, with replacement, among drawable rows, as
+        index tensors on ``device`` (no host round trip)."""
         hi = self.rows if self.full else self.pos
-        if hi < 2 or not self.valid[:hi].any():
+        if hi < 2 or self.valid_rows == 0:
             raise RuntimeError("the replay memory holds no complete transition yet")
-        flat = torch.randint(hi * self.num_envs, (n,), generator=self.generator).numpy()
+        if not self.sync_free:
+            return self._sample_indices_host(n, hi)
+        m = 2 * n + 64
+        flat = torch.randint(hi * self.num_envs, (m,), generator=self.generator, device=self.device)
+        t, e = flat // self.num_envs, flat % self.num_envs
+        ok = self._ok(t, e)
+        # the first n drawable candidates, in draw order (a stable sort puts them first)
+        pick = torch.sort((~ok).to(torch.uint8), stable=True).indices[:n]
+        self.bad_draws += (~ok[pick]).sum()
+        return t[pick], e[pick]
+
+    def _sample_indices_host(self, n: int, hi: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Rejection sampling that redraws rejected indices (reads the rejection count)."""
+        flat = torch.randint(hi * self.num_envs, (n,), generator=self.generator, device=self.device)
         t, e = flat // self.num_envs, flat % self.num_envs
         bad = ~self._ok(t, e)
-        for _ in range(1000):  # rejection sampling: drawable rows are almost all rows
-            if not bad.any():
+        for _ in range(1000):  # drawable rows are almost all rows
+            if not bool(bad.any()):
                 return t, e
-            redraw = torch.randint(hi * self.num_envs, (int(bad.sum()),), generator=self.generator).numpy()
+            redraw = torch.randint(hi * self.num_envs, (int(bad.sum()),), generator=self.generator,
+                                   device=self.device)
             t[bad], e[bad] = redraw // self.num_envs, redraw % self.num_envs
             bad = ~self._ok(t, e)
         raise RuntimeError("could not draw valid transitions from the replay memory")
 
-    def _stacks(self, t: np.ndarray, e: np.ndarray) -> torch.Tensor:
+    def _stacks(self, t: torch.Tensor, e: torch.Tensor) -> torch.Tensor:
         """Observations at rows ``t`` of envs ``e``: frames ``t-stack+1 .. t``, zeros before
         the episode's first frame. Shape ``(B, stack, *frame)``, or ``(B, *frame)`` for 1."""
         if self.stack == 1:
-            return self.frames[self._index(t), self._index(e)]
-        rows = (t[:, None] - np.arange(self.stack - 1, -1, -1)) % self.rows   # (B, k), oldest first
-        firsts = self.first[rows, e[:, None]]
+            return self.frames[t, e]
+        rows = (t[:, None] - self._window) % self.rows                      # (B, k), oldest first
+        firsts = self.first[rows, e[:, None]].to(torch.int32)
         # a frame is kept when no later frame of the window starts an episode
-        later = np.cumsum(firsts[:, ::-1], axis=1)[:, ::-1] - firsts
-        keep = self._index(later == 0).view(*rows.shape, *([1] * len(self.frame_shape)))
-        frames = self.frames[self._index(rows), self._index(e[:, None])]     # (B, k, *frame)
-        return torch.where(keep, frames, torch.zeros((), dtype=frames.dtype, device=self.device))
-
-    def _index(self, a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(self.device, non_blocking=True)
+        later = firsts.flip(1).cumsum(1).flip(1) - firsts
+        keep = (later == 0).view(*rows.shape, *([1] * len(self.frame_shape)))
+        frames = self.frames[rows, e[:, None]]                              # (B, k, *frame)
+        return frames * keep.to(frames.dtype)
 
     def sample(self, batch_size: int, n_batches: int | None = None):
         """A minibatch ``{"obs", "action", "reward", "done", "next_obs"}`` on ``device``
@@ -155,9 +206,9 @@ class ReplayBuffer:
         t, e = self.sample_indices(n)
         batch = {
             "obs": self._stacks(t, e),
-            "action": self._index(self.actions[t, e]),
-            "reward": self._index(self.rewards[t, e]),
-            "done": self._index(self.terminal[t, e].astype(np.float32)),
+            "action": self.actions[t, e],
+            "reward": self.rewards[t, e],
+            "done": self.terminal[t, e].float(),
             "next_obs": self._stacks((t + 1) % self.rows, e),
         }
         if n_batches is None:
@@ -167,13 +218,15 @@ class ReplayBuffer:
 
     # -- inspection (tests, debugging) --------------------------------------------------
     def drawable(self) -> np.ndarray:
-        """Boolean (rows, envs) array of the rows :meth:`sample` can return."""
-        t, e = np.meshgrid(np.arange(self.rows), np.arange(self.num_envs), indexing="ij")
-        ok = self._ok(t.reshape(-1), e.reshape(-1)).reshape(self.rows, self.num_envs)
+        """Boolean (rows, envs) numpy array of the rows :meth:`sample` can return."""
+        t = torch.arange(self.rows, device=self.device).repeat_interleave(self.num_envs)
+        e = torch.arange(self.num_envs, device=self.device).repeat(self.rows)
+        ok = self._ok(t, e).view(self.rows, self.num_envs).cpu().numpy().copy()
         if not self.full:
             ok[self.pos:] = False
         return ok
 
     def observation(self, t: int, e: int) -> torch.Tensor:
         """The (rebuilt) observation stored at row ``t`` of env ``e``."""
-        return self._stacks(np.array([t]), np.array([e]))[0]
+        idx = torch.tensor([t], device=self.device), torch.tensor([e], device=self.device)
+        return self._stacks(*idx)[0]

@@ -44,6 +44,35 @@ def _as_obs(obs: np.ndarray, device: torch.device) -> torch.Tensor:
     return torch.as_tensor(obs).to(device, non_blocking=True)
 
 
+class ToDevice:
+    """Copies a vector env's observations to ``device`` once per step. On CUDA through two
+    alternating pinned staging buffers, so the copy is asynchronous (a copy from pageable
+    memory waits for the GPU's queue); a staging buffer is reused only after its copy ended."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = torch.device(device)
+        self.cuda = self.device.type == "cuda"
+        self._stage: list[torch.Tensor] = []
+        self._events: list[Any] = [None, None]
+        self._k = 0
+
+    def __call__(self, obs: np.ndarray) -> torch.Tensor:
+        src = torch.from_numpy(np.asarray(obs))
+        if not self.cuda:
+            return src.to(self.device)
+        if not self._stage or self._stage[0].shape != src.shape or self._stage[0].dtype != src.dtype:
+            self._stage = [torch.empty(src.shape, dtype=src.dtype, pin_memory=True) for _ in range(2)]
+            self._events = [None, None]
+        k, self._k = self._k, 1 - self._k
+        if self._events[k] is not None:
+            self._events[k].synchronize()
+        self._stage[k].copy_(src)
+        out = self._stage[k].to(self.device, non_blocking=True)
+        self._events[k] = torch.cuda.Event()
+        self._events[k].record()
+        return out
+
+
 class StepCollector:
     """Steps a vector environment with an agent and writes every step to a replay memory.
 
@@ -73,6 +102,7 @@ class StepCollector:
         self.episodes = 0        # episodes finished
         self.finished: list[tuple[float, int]] = []  # (return, length) since the last drain
         self.obs: np.ndarray | None = None
+        self.to_device = ToDevice(buffer.device)
 
     def reset(self, seed: int | None = None) -> None:
         s = self.seed if seed is None else int(seed)
@@ -86,17 +116,24 @@ class StepCollector:
         if self.obs is None:
             self.reset()
         valid = ~self.autoreset
+        # the observations go to the device once: the agent acts on them there (one batched
+        # forward pass for all environments) and the replay stores their newest frames from there
+        obs = self.to_device(self.obs[:, -1] if self.stacked and (agent is None or not valid.any())
+                             else self.obs)
         if agent is None or not valid.any():
             actions = torch.randint(self.num_actions, (self.n,), generator=self.generator)
+            frame = obs
         else:
-            actions = agent.act(_as_obs(self.obs, agent.device), self.generator, explore=True,
+            if obs.device != agent.device:
+                obs = obs.to(agent.device)
+            actions = agent.act(obs, self.generator, explore=True,
                                 env_steps=self.env_steps, episodes=self.episodes)
+            frame = obs[:, -1] if self.stacked else obs
         next_obs, reward, terminated, truncated, info = self.envs.step(actions.numpy())
         terminal = terminated
         if self.life_loss and "life_lost" in info:
             terminal = terminated | info["life_lost"].astype(bool)
-        frame = self.obs[:, -1] if self.stacked else self.obs
-        self.buffer.add(frame, actions, reward.astype(np.float32), terminal, self.first, valid)
+        self.buffer.add(frame, actions.numpy(), reward.astype(np.float32), terminal, self.first, valid)
         done = finished_episodes(info)
         if done:
             self.finished.extend(done)
