@@ -193,7 +193,7 @@ def test_no_script_builds_what_a_checkpoint_config_names(real_checkpoint, tmp_pa
 GUARD = [
     ({"model": {"_target_": "fodl.models.base.torch.load"}}, "model._target_", "fodl.models.base.torch.load"),
     ({"model": {"_target_": "fodl.checkpoint_io.atomic_save"}}, "model._target_", "function"),
-    ({"model": {"_target_": "fodl.callbacks.ModelCheckpoint"}}, "model._target_", "not a net, module"),
+    ({"model": {"_target_": "fodl.callbacks.ResumableModelCheckpoint"}}, "model._target_", "not a net, module"),
     ({"model": {"_target_": "fodl.nets.MLP", "_partial_": True,
                 "init": {"_target_": "os.system", "_args_": ["true"]}}}, "model.init._target_", "os.system"),
     ({"model": {"_target_": "torch.optim.sgd.torch.load"}}, "model._target_", "torch optimizer"),
