@@ -230,10 +230,19 @@ def drop_copied_sessions(log_dir: Path, before: float) -> int:
 
 
 def finish_run(trainer: L.Trainer) -> None:
-    """End the HPARAMS trial of ``trainer``'s run and flush/close its loggers (rank 0)."""
-    for cb in trainer.callbacks:
-        if isinstance(cb, HParamsSession):
-            cb.end(trainer)
-            return
-    for lg in trainer.loggers:
-        lg.finalize("success")
+    """End the HPARAMS trial of ``trainer``'s run and flush/close its loggers (rank 0); the
+    MLflow / W&B runs get their end-of-run artifacts first and are closed last
+    (:class:`fodl.tracking.TrackedRun`)."""
+    from fodl.tracking import TrackedRun
+
+    tracked = [cb for cb in trainer.callbacks if isinstance(cb, TrackedRun)]
+    for cb in tracked:
+        cb.end(trainer)
+    session = next((cb for cb in trainer.callbacks if isinstance(cb, HParamsSession)), None)
+    if session is not None:
+        session.end(trainer)
+    else:
+        for lg in trainer.loggers:
+            lg.finalize("success")
+    for cb in tracked:
+        cb.close(trainer)

@@ -15,6 +15,7 @@ from hydra.experimental.callback import Callback
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
+from fodl import tracking
 from fodl.callbacks import ConfigInCheckpoint
 from fodl.checkpoint import check_compatible, load_module, read_checkpoint
 from fodl.cluster import global_rank  # also registers the run-directory resolvers
@@ -44,7 +45,9 @@ def _instantiate_all(group: DictConfig | None, name: str) -> list[Any]:
                 f"{name}.{key} has no _target_ (it has: {keys}), so it cannot be built. Give the "
                 f"class to build as {name}.{key}._target_=<module.Class>, or switch the entry off "
                 f"with {name}.{key}=null.")
-        out.append(instantiate(c))
+        obj = instantiate(c)
+        if obj is not None:  # e.g. a tracker left out of logger=many (fodl.tracking)
+            out.append(obj)
     return out
 
 
@@ -137,9 +140,11 @@ def build(cfg: DictConfig) -> tuple[L.LightningDataModule, L.LightningModule, L.
     datamodule: L.LightningDataModule = instantiate(cfg.data)
     model: L.LightningModule = instantiate(cfg.model)
     loop_settings = _loop_settings(cfg.trainer, model)
-    callbacks = [MonitoredMetrics(), *_instantiate_all(cfg.get("callbacks"), "callbacks"),
-                 ConfigInCheckpoint(resolved), HParamsSession(resolved)]
     loggers = _instantiate_all(cfg.get("logger"), "logger")
+    session = HParamsSession(resolved)
+    callbacks = [MonitoredMetrics(), *_instantiate_all(cfg.get("callbacks"), "callbacks"),
+                 ConfigInCheckpoint(resolved), session]
+    callbacks += tracking.callbacks_for(loggers, resolved, session.hparams)  # MLflow / W&B
     trainer = _trainer(cfg, callbacks=callbacks, logger=loggers or False, **loop_settings)
     _warn_slow_cpu_precision(trainer)
     return datamodule, model, trainer
@@ -211,6 +216,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
         check_compatible(model, ckpt, ckpt_path)
         _check_resume(ckpt, resolved, ckpt_path)
         continue_tensorboard(trainer, ckpt, cfg.paths.output_dir)  # one curve across the resume
+        tracking.continue_trackers(trainer, ckpt, cfg.paths.output_dir)  # the same MLflow / W&B run
         log.info("resuming from %s", ckpt_path)
 
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
