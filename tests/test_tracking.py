@@ -5,7 +5,6 @@ no step twice; W&B offline runs resumed under the same id; the trackers' optiona
 import importlib.util
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -18,7 +17,7 @@ import pytest
 
 from conftest import ROOT, compose_train, train_cfg
 from fodl.checkpoint import read_checkpoint
-from fodl.errors import FodlError, user_error
+from fodl.errors import FodlError
 
 mlflow = pytest.importorskip("mlflow", reason='the tracking extra: pip install -e ".[tracking]"')
 from mlflow import MlflowClient  # noqa: E402
@@ -111,6 +110,110 @@ def _launch(root: Path, overrides: list[str]) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, start_new_session=True)
 
 
+def _resumed_pair(tmp_path, data, *overrides):
+    """A 2-epoch run keeping every epoch's checkpoint, then a resume from its first epoch's
+    checkpoint to 3 epochs in a new run directory: the first run stands for one killed after
+    that checkpoint, having sent one more epoch; the resumed run recomputes that epoch and adds
+    a third."""
+    common = ["model=mnist_cnn", "test=false", "+trainer.limit_train_batches=3",
+              "trainer.log_every_n_steps=1", "data.steps_per_execution=1",
+              "callbacks.model_checkpoint.save_top_k=-1", *overrides]
+    train(train_cfg(tmp_path, data, *common, "trainer.max_epochs=2", run="first"))
+    (first_ckpt,) = (tmp_path / "first" / "checkpoints").glob("epoch000-*.ckpt")
+    train(train_cfg(tmp_path, data, *common, "trainer.max_epochs=3", f"ckpt_path={first_ckpt}",
+                    run="resumed"))
+    return read_checkpoint(first_ckpt)
+
+
+def test_mlflow_local_store_resume_sends_no_step_twice_and_uploads_the_figures(tmp_path, tiny_mnist):
+    """The default store (SQLite under outputs/mlruns): the resume continues the run from the
+    checkpoint's ids, sends none of the steps the first run sent, and the filters TensorBoard
+    drew are uploaded as figures."""
+    ckpt = _resumed_pair(tmp_path, tiny_mnist, "logger=[tensorboard,mlflow]")
+    store = tmp_path / "outputs" / "mlruns"
+    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnist_cnn").experiment_id])
+    assert ckpt[tracking.CKPT_KEY]["mlflow"] == run.info.run_id
+    assert run.info.run_name == "first" and run.info.status == "FINISHED"
+    assert [s for s, _ in _history(client, run.info.run_id, "train/loss_step")] == list(range(9))
+    assert [s for s, _ in _history(client, run.info.run_id, "val/acc")] == [2, 5, 8]
+    assert run.data.params["trainer.max_epochs"] == "2"  # MLflow keeps a parameter's first value
+    assert run.data.tags["resumed.trainer.max_epochs"] == "3"
+    assert run.data.tags["resumed_in"] == str((tmp_path / "resumed").resolve())
+    figures = [a for a in _artifacts(client, run.info.run_id) if a.startswith("figures/")]
+    assert figures and all(f.startswith("figures/filters_first_conv_step") for f in figures)
+    assert run.info.artifact_uri.startswith((store / "artifacts").as_uri())
+
+
+def test_wandb_offline_run_resumes_under_the_same_id(tmp_path, tiny_mnist):
+    """logger=wandb writes an offline run (config, history, summary in run-<id>.wandb, what
+    `wandb sync` uploads; the config files beside it); the resume reuses the id and sends no
+    step the first attempt holds."""
+    pytest.importorskip("wandb")
+    ckpt = _resumed_pair(tmp_path, tiny_mnist, "logger=wandb", "logger.wandb.project=p")
+    rid = ckpt[tracking.CKPT_KEY]["wandb"]
+    files = sorted(tmp_path.glob(f"*/wandb/offline-run-*-{rid}/run-{rid}.wandb"))
+    assert [f.parents[2].name for f in files] == ["first", "resumed"]
+    seen: dict[str, list[int]] = {}
+    for f in files:
+        kinds, config = set(), {}
+        for rec in tracking.wandb_records(f):
+            kind = rec.WhichOneof("record_type")
+            kinds.add(kind)
+            if kind == "run":
+                assert rec.run.run_id == rid and rec.run.project == "p"
+            if kind in ("run", "config"):
+                config.update({i.key: i.value_json for i in getattr(rec, kind).config.update}
+                              if kind == "run" else {i.key: i.value_json for i in rec.config.update})
+            if kind == "history":
+                items = {i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item}
+                for k in items:
+                    if "/" in k and k != "trainer/global_step":
+                        seen.setdefault(k, []).append(int(float(items["trainer/global_step"])))
+        assert {"run", "history", "summary"} <= kinds, kinds
+        assert json.loads(config["model"]) == "mnist_cnn" and json.loads(config["optimizer.lr"]) == 1e-4
+        assert json.loads(config["fodl/git_commit"]) and json.loads(config["fodl/hardware"])
+        assert (f.parent / "files" / "hydra" / "resolved_config.yaml").is_file()
+    assert seen["train/loss_step"] == list(range(9)) and seen["val/acc"] == [2, 5, 8]
+    assert (files[0].parent / "files" / "figures").is_dir() is False  # no TensorBoard: no figures
+    out = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(files[0].parent)],
+                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
+                         env={**os.environ, "WANDB_SILENT": "false"})
+    assert f"run-{rid}.wandb" in out.stdout + out.stderr
+
+
+def test_a_missing_tracker_package_is_named_with_the_install_command(tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(tracking, "_available", lambda module: False)
+    cfg = compose_train(["logger=mlflow"], tmp_path / "r")
+    with pytest.raises(FodlError, match=r'logger=mlflow needs the mlflow package.*pip install -e "\.\[tracking\]"'):
+        _instantiate_all(cfg.logger, "logger")
+    cfg = compose_train(["logger=many"], tmp_path / "r")
+    with caplog.at_level("WARNING", logger="fodl.tracking"):
+        loggers = _instantiate_all(cfg.logger, "logger")
+    assert sorted(type(lg).__name__ for lg in loggers) == ["CSVLogger", "TensorBoardLogger"]
+    assert 'pip install -e ".[tracking]"' in caplog.text and "without wandb" in caplog.text
+
+
+def test_aggregate_reads_a_sweep_back_from_mlflow(server, tmp_path, tiny_mnist, monkeypatch, capsys):
+    """Two jobs of one sweep (the sweep tag), logged to the server, aggregated from MLflow by
+    scripts/aggregate.py --mlflow."""
+    uri = server.wait_healthy()
+    for seed in (1, 2):
+        monkeypatch.setattr(tracking, "sweep_name", lambda log_dir=None: "multiruns/test-sweep")
+        monkeypatch.setattr(tracking, "_overrides", lambda seed=seed: [f"seed={seed}", "model=logreg"])
+        train(train_cfg(tmp_path, tiny_mnist, "model=logreg", f"seed={seed}", "trainer.max_epochs=1",
+                        "+trainer.limit_train_batches=2", "logger=mlflow", "test=false",
+                        f"logger.mlflow.tracking_uri={uri}", run=f"{seed - 1}_seed={seed}"))
+    spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts" / "aggregate.py")
+    agg = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(agg)
+    monkeypatch.setattr(sys, "argv", ["aggregate.py", "--mlflow", uri, "multiruns/test-sweep",
+                                      "--out", str(tmp_path / "agg")])
+    assert agg.main() == 0
+    md = (tmp_path / "agg" / "aggregate.md").read_text()
+    assert "2 jobs, 2 completed" in md and "| all | 2 |" in md and "val/acc" in md
+
+
 def test_a_killed_run_resumes_into_the_same_mlflow_run_on_a_real_server(server, tmp_path, tiny_mnist):
     """scripts/train.py logs to a real MLflow server; it is SIGKILLed after a checkpoint
     exists and after it sent steps past that checkpoint, then relaunched with ckpt_path=auto.
@@ -182,102 +285,3 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_on_a_real_server(server, 
     assert "logger=mlflow" in json.loads(tags["overrides"])
     arts = _artifacts(client, rid)
     assert {"hydra/config.yaml", "hydra/overrides.yaml", "hydra/resolved_config.yaml"} <= set(arts)
-
-
-def _resumed_pair(tmp_path, data, *overrides):
-    """A 3-epoch run keeping every epoch's checkpoint, then a resume from its first epoch's
-    checkpoint to the same end in a new run directory: the first run stands for one killed
-    after the checkpoint, having sent two more epochs."""
-    common = ["model=mnist_cnn", "test=false", "+trainer.limit_train_batches=3",
-              "trainer.log_every_n_steps=1", "data.steps_per_execution=1",
-              "callbacks.model_checkpoint.save_top_k=-1", "trainer.max_epochs=3", *overrides]
-    train(train_cfg(tmp_path, data, *common, run="first"))
-    (first_ckpt,) = (tmp_path / "first" / "checkpoints").glob("epoch000-*.ckpt")
-    train(train_cfg(tmp_path, data, *common, f"ckpt_path={first_ckpt}", run="resumed"))
-    return read_checkpoint(first_ckpt)
-
-
-def test_mlflow_local_store_resume_sends_no_step_twice_and_uploads_the_figures(tmp_path, tiny_mnist):
-    """The default store (SQLite under outputs/mlruns): the resume continues the run from the
-    checkpoint's ids, sends none of the steps the first run sent, and the filters TensorBoard
-    drew are uploaded as figures."""
-    ckpt = _resumed_pair(tmp_path, tiny_mnist, "logger=[tensorboard,mlflow]")
-    store = tmp_path / "outputs" / "mlruns"
-    client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("mnist_cnn").experiment_id])
-    assert ckpt[tracking.CKPT_KEY]["mlflow"] == run.info.run_id
-    assert run.info.run_name == "first" and run.info.status == "FINISHED"
-    assert [s for s, _ in _history(client, run.info.run_id, "train/loss_step")] == list(range(9))
-    assert [s for s, _ in _history(client, run.info.run_id, "val/acc")] == [2, 5, 8]
-    assert run.data.tags["resumed_in"] == str((tmp_path / "resumed").resolve())
-    figures = [a for a in _artifacts(client, run.info.run_id) if a.startswith("figures/")]
-    assert figures and all(f.startswith("figures/filters_first_conv_step") for f in figures)
-    assert run.info.artifact_uri.startswith((store / "artifacts").as_uri())
-
-
-def test_wandb_offline_run_resumes_under_the_same_id(tmp_path, tiny_mnist):
-    """logger=wandb writes an offline run (config, history, summary in run-<id>.wandb, what
-    `wandb sync` uploads; the config files beside it); the resume reuses the id and sends no
-    step the first attempt holds."""
-    pytest.importorskip("wandb")
-    ckpt = _resumed_pair(tmp_path, tiny_mnist, "logger=wandb", "logger.wandb.project=p")
-    rid = ckpt[tracking.CKPT_KEY]["wandb"]
-    files = sorted(tmp_path.glob(f"*/wandb/offline-run-*-{rid}/run-{rid}.wandb"))
-    assert [f.parents[2].name for f in files] == ["first", "resumed"]
-    seen: dict[str, list[int]] = {}
-    for f in files:
-        kinds = set()
-        for rec in tracking.wandb_records(f):
-            kind = rec.WhichOneof("record_type")
-            kinds.add(kind)
-            if kind == "run":
-                assert rec.run.run_id == rid and rec.run.project == "p"
-                config = {i.key: i.value_json for i in rec.run.config.update}
-            if kind == "history":
-                items = {i.key: i.value_json for i in rec.history.item}
-                for k in items:
-                    if "/" in k and k != "trainer/global_step":
-                        seen.setdefault(k, []).append(int(float(items["trainer/global_step"])))
-        assert {"run", "history", "summary"} <= kinds, kinds
-        assert json.loads(config["model"]) == {"value": "mnist_cnn"}
-        assert (f.parent / "files" / "hydra" / "resolved_config.yaml").is_file()
-    assert seen["train/loss_step"] == list(range(9)) and seen["val/acc"] == [2, 5, 8]
-    assert (files[0].parent / "files" / "figures").is_dir() is False  # no TensorBoard: no figures
-    out = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(files[0].parent)],
-                         capture_output=True, text=True, timeout=120, cwd=tmp_path,
-                         env={**os.environ, "WANDB_SILENT": "false"})
-    assert f"run-{rid}.wandb" in out.stdout + out.stderr
-
-
-def test_a_missing_tracker_package_is_named_with_the_install_command(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(tracking, "_available", lambda module: False)
-    cfg = compose_train(["logger=mlflow"], tmp_path / "r")
-    with pytest.raises(Exception) as e:  # Hydra's InstantiationException around it
-        _instantiate_all(cfg.logger, "logger")
-    assert re.search(r'logger=mlflow needs the mlflow package.*pip install -e "\.\[tracking\]"',
-                     str(user_error(e.value)))
-    cfg = compose_train(["logger=many"], tmp_path / "r")
-    with caplog.at_level("WARNING", logger="fodl.tracking"):
-        loggers = _instantiate_all(cfg.logger, "logger")
-    assert sorted(type(lg).__name__ for lg in loggers) == ["CSVLogger", "TensorBoardLogger"]
-    assert 'pip install -e ".[tracking]"' in caplog.text and "without wandb" in caplog.text
-
-
-def test_aggregate_reads_a_sweep_back_from_mlflow(server, tmp_path, tiny_mnist, monkeypatch, capsys):
-    """Two jobs of one sweep (the sweep tag), logged to the server, aggregated from MLflow by
-    scripts/aggregate.py --mlflow."""
-    uri = server.wait_healthy()
-    for seed in (1, 2):
-        monkeypatch.setattr(tracking, "sweep_name", lambda log_dir=None: "multiruns/test-sweep")
-        monkeypatch.setattr(tracking, "_overrides", lambda seed=seed: [f"seed={seed}", "model=logreg"])
-        train(train_cfg(tmp_path, tiny_mnist, "model=logreg", f"seed={seed}", "trainer.max_epochs=1",
-                        "+trainer.limit_train_batches=2", "logger=mlflow", "test=false",
-                        f"logger.mlflow.tracking_uri={uri}", run=f"{seed - 1}_seed={seed}"))
-    spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts" / "aggregate.py")
-    agg = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(agg)
-    monkeypatch.setattr(sys, "argv", ["aggregate.py", "--mlflow", uri, "multiruns/test-sweep",
-                                      "--out", str(tmp_path / "agg")])
-    assert agg.main() == 0
-    md = (tmp_path / "agg" / "aggregate.md").read_text()
-    assert "2 jobs, 2 completed" in md and "| all | 2 |" in md and "val/acc" in md
