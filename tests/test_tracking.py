@@ -62,7 +62,7 @@ class Server:
         pytest.fail(f"mlflow server did not start: {Path(self.log.name).read_text()[-2000:]}")
 
     def stop(self) -> None:
-        for sig, wait in ((signal.SIGTERM, 5), (signal.SIGKILL, 10)):
+        for sig, wait in ((signal.SIGTERM, 2), (signal.SIGKILL, 10)):
             if self.proc.poll() is not None:
                 break
             try:
@@ -125,11 +125,16 @@ def _resumed_pair(tmp_path, data, *overrides):
     return read_checkpoint(first_ckpt)
 
 
-def test_mlflow_local_store_resume_sends_no_step_twice_and_uploads_the_figures(tmp_path, tiny_mnist):
-    """The default store (SQLite under outputs/mlruns): the resume continues the run from the
-    checkpoint's ids, sends none of the steps the first run sent, and the filters TensorBoard
-    drew are uploaded as figures."""
-    ckpt = _resumed_pair(tmp_path, tiny_mnist, "logger=[tensorboard,mlflow]")
+def test_a_resumed_run_continues_its_mlflow_and_wandb_runs_sending_no_step_twice(tmp_path, tiny_mnist):
+    """logger=[tensorboard,mlflow,wandb], the default stores. MLflow (SQLite under
+    outputs/mlruns): the resume continues the run named in the checkpoint, sends none of the
+    steps the first run sent, keeps the first value of a parameter MLflow cannot change, and
+    the filters TensorBoard drew are uploaded as figures. W&B: an offline run (config, history,
+    summary in run-<id>.wandb, what `wandb sync` uploads; the config files beside it) that the
+    resume continues under the same id, again with no step twice."""
+    ckpt = _resumed_pair(tmp_path, tiny_mnist, "logger=[tensorboard,mlflow,wandb]",
+                         "logger.wandb.project=p")
+    # MLflow
     store = tmp_path / "outputs" / "mlruns"
     client = MlflowClient(f"sqlite:///{store / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mnist_cnn").experiment_id])
@@ -143,14 +148,7 @@ def test_mlflow_local_store_resume_sends_no_step_twice_and_uploads_the_figures(t
     figures = [a for a in _artifacts(client, run.info.run_id) if a.startswith("figures/")]
     assert figures and all(f.startswith("figures/filters_first_conv_step") for f in figures)
     assert run.info.artifact_uri.startswith((store / "artifacts").as_uri())
-
-
-def test_wandb_offline_run_resumes_under_the_same_id(tmp_path, tiny_mnist):
-    """logger=wandb writes an offline run (config, history, summary in run-<id>.wandb, what
-    `wandb sync` uploads; the config files beside it); the resume reuses the id and sends no
-    step the first attempt holds."""
-    pytest.importorskip("wandb")
-    ckpt = _resumed_pair(tmp_path, tiny_mnist, "logger=wandb", "logger.wandb.project=p")
+    # W&B
     rid = ckpt[tracking.CKPT_KEY]["wandb"]
     files = sorted(tmp_path.glob(f"*/wandb/offline-run-*-{rid}/run-{rid}.wandb"))
     assert [f.parents[2].name for f in files] == ["first", "resumed"]
@@ -162,20 +160,19 @@ def test_wandb_offline_run_resumes_under_the_same_id(tmp_path, tiny_mnist):
             kinds.add(kind)
             if kind == "run":
                 assert rec.run.run_id == rid and rec.run.project == "p"
-            if kind in ("run", "config"):
-                config.update({i.key: i.value_json for i in getattr(rec, kind).config.update}
-                              if kind == "run" else {i.key: i.value_json for i in rec.config.update})
+            if kind == "config":
+                config.update({i.key: i.value_json for i in rec.config.update})
             if kind == "history":
                 items = {i.key or "/".join(i.nested_key): i.value_json for i in rec.history.item}
                 for k in items:
                     if "/" in k and k != "trainer/global_step":
                         seen.setdefault(k, []).append(int(float(items["trainer/global_step"])))
-        assert {"run", "history", "summary"} <= kinds, kinds
+        assert {"run", "config", "history", "summary"} <= kinds, kinds
         assert json.loads(config["model"]) == "mnist_cnn" and json.loads(config["optimizer.lr"]) == 1e-4
         assert json.loads(config["fodl/git_commit"]) and json.loads(config["fodl/hardware"])
         assert (f.parent / "files" / "hydra" / "resolved_config.yaml").is_file()
     assert seen["train/loss_step"] == list(range(9)) and seen["val/acc"] == [2, 5, 8]
-    assert (files[0].parent / "files" / "figures").is_dir() is False  # no TensorBoard: no figures
+    assert list((files[-1].parent / "files" / "figures").glob("filters_first_conv_step*.png"))
     out = subprocess.run([sys.executable, "-m", "wandb", "sync", "--dry-run", str(files[0].parent)],
                          capture_output=True, text=True, timeout=120, cwd=tmp_path,
                          env={**os.environ, "WANDB_SILENT": "false"})
@@ -194,24 +191,30 @@ def test_a_missing_tracker_package_is_named_with_the_install_command(tmp_path, m
     assert 'pip install -e ".[tracking]"' in caplog.text and "without wandb" in caplog.text
 
 
-def test_aggregate_reads_a_sweep_back_from_mlflow(server, tmp_path, tiny_mnist, monkeypatch, capsys):
-    """Two jobs of one sweep (the sweep tag), logged to the server, aggregated from MLflow by
-    scripts/aggregate.py --mlflow."""
+def test_aggregate_reads_a_sweep_back_from_mlflow(server, tmp_path, monkeypatch):
+    """Three jobs of one sweep on the server, as fodl's MLflow logger records them (the sweep
+    tag, the overrides, the final metrics; one job failed), aggregated from MLflow by
+    scripts/aggregate.py --mlflow; a job of another sweep is not counted."""
     uri = server.wait_healthy()
-    for seed in (1, 2):
-        monkeypatch.setattr(tracking, "sweep_name", lambda log_dir=None: "multiruns/test-sweep")
-        monkeypatch.setattr(tracking, "_overrides", lambda seed=seed: [f"seed={seed}", "model=logreg"])
-        train(train_cfg(tmp_path, tiny_mnist, "model=logreg", f"seed={seed}", "trainer.max_epochs=1",
-                        "+trainer.limit_train_batches=2", "logger=mlflow", "test=false",
-                        f"logger.mlflow.tracking_uri={uri}", run=f"{seed - 1}_seed={seed}"))
+    jobs = [("multiruns/s1", 0, "seed=1", 0.9, "success"), ("multiruns/s1", 1, "seed=2", 0.8, "success"),
+            ("multiruns/s1", 2, "seed=3", None, "failed"), ("multiruns/s2", 0, "seed=1", 0.1, "success")]
+    for sweep, num, override, acc, status in jobs:
+        lg = tracking.mlflow_logger("logreg", str(tmp_path / sweep / f"{num}_{override}"), str(tmp_path),
+                                    tracking_uri=uri)
+        lg.log_hyperparams({"model": "logreg", "seed": override[-1]})
+        lg.tag({"sweep": sweep, "overrides": json.dumps([override, "model=logreg"])})
+        if acc is not None:
+            lg.log_metrics({"val/acc": acc, "epoch": 0}, step=9)
+        lg.finalize(status)
     spec = importlib.util.spec_from_file_location("aggregate", ROOT / "scripts" / "aggregate.py")
     agg = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(agg)
-    monkeypatch.setattr(sys, "argv", ["aggregate.py", "--mlflow", uri, "multiruns/test-sweep",
+    monkeypatch.setattr(sys, "argv", ["aggregate.py", "--mlflow", uri, "multiruns/s1",
                                       "--out", str(tmp_path / "agg")])
-    assert agg.main() == 0
+    assert agg.main() == 1  # a job failed
     md = (tmp_path / "agg" / "aggregate.md").read_text()
-    assert "2 jobs, 2 completed" in md and "| all | 2 |" in md and "val/acc" in md
+    assert "3 jobs, 2 completed, 1 failed" in md and "| all | 2 | 0.85 ± 0.07071 |" in md, md
+    assert "#2 seed=3 model=logreg: MLflow run" in md and "ended FAILED" in md
 
 
 def test_a_killed_run_resumes_into_the_same_mlflow_run_on_a_real_server(server, tmp_path, tiny_mnist):
@@ -224,7 +227,7 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_on_a_real_server(server, 
     root = tmp_path / "root"
     root.mkdir()
     overrides = ["model=mnist_mlp", f"paths.data_dir={tiny_mnist}", "data.val_size=200",
-                 "data.batch_size=25", "data.steps_per_execution=1", "trainer.max_epochs=2",
+                 "data.batch_size=50", "data.steps_per_execution=1", "trainer.max_epochs=2",
                  "trainer.log_every_n_steps=1",
                  "trainer.enable_model_summary=false", "callbacks.parameter_summaries=null",
                  "callbacks.progress_bar.style=lines", "test=false", "logger=mlflow",
@@ -267,7 +270,7 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_on_a_real_server(server, 
     run = runs[0]
     rid = run.info.run_id
     assert run.info.status == "FINISHED"
-    steps_per_epoch = 1000 // 25
+    steps_per_epoch = 1000 // 50
     total = 2 * steps_per_epoch
     steps = [s for s, _ in _history(client, rid, "train/loss_step")]
     assert steps == list(range(total)), (killed_at, steps)  # every step once, none twice
@@ -277,7 +280,7 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_on_a_real_server(server, 
         s = [s for s, _ in _history(client, rid, key)]
         assert len(s) == len(set(s)), key
     p = run.data.params
-    assert p["model"] == "mnist_mlp" and p["data.batch_size"] == "25" and p["trainer.max_epochs"] == "2"
+    assert p["model"] == "mnist_mlp" and p["data.batch_size"] == "50" and p["trainer.max_epochs"] == "2"
     assert not any(str(tmp_path) in v for v in p.values())  # no paths among the hyperparameters
     tags = run.data.tags
     assert tags["git_commit"] and tags["hardware"] and "resumed_in" in tags
