@@ -191,6 +191,15 @@ def test_a_missing_tracker_package_is_named_with_the_install_command(tmp_path, m
     assert 'pip install -e ".[tracking]"' in caplog.text and "without wandb" in caplog.text
 
 
+def test_an_unreachable_tracking_server_is_one_clear_error(tmp_path, tiny_mnist, monkeypatch):
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    uri = f"http://127.0.0.1:{_free_port()}"  # nothing listens there
+    cfg = train_cfg(tmp_path, tiny_mnist, "model=logreg", "logger=mlflow", f"logger.mlflow.tracking_uri={uri}")
+    with pytest.raises(FodlError, match=f"Could not start the run in the MLflow tracking store {uri} "
+                                        r"\(.*Check that it is reachable.*logger.mlflow.tracking_uri"):
+        train(cfg)
+
+
 def test_aggregate_reads_a_sweep_back_from_mlflow(server, tmp_path, monkeypatch):
     """Three jobs of one sweep on the server, as fodl's MLflow logger records them (the sweep
     tag, the overrides, the final metrics; one job failed), aggregated from MLflow by

@@ -166,6 +166,21 @@ class MLflowLogger(MLFlowLogger):
         super().__init__(*args, **kwargs)
         self._last_step: dict[str, int] = {}   # metric -> last step the run already holds
         self._params: dict[str, str] = {}
+        self.failed: str | None = None  # why the run could not be started
+
+    @property
+    def experiment(self):
+        """Lightning's, with a store that cannot be reached reported as one FodlError (Lightning
+        first touches it when fitting starts)."""
+        if self.failed:
+            raise FodlError(self.failed)
+        try:
+            return MLFlowLogger.experiment.fget(self)
+        except FodlError:
+            raise
+        except Exception as e:
+            self.failed = _unreachable(self, e)
+            raise FodlError(self.failed) from None
 
     def continue_run(self, run_id: str) -> bool:
         """Send everything to the existing run ``run_id`` (False, with a warning, when this
@@ -397,9 +412,13 @@ class TrackedRun(L.Callback):
         resolved.write_text(yaml.safe_dump(self.resolved, sort_keys=False))
         try:
             for lg in trackers(trainer):
-                lg.log_hyperparams(self.hparams)
-                lg.tag(tags)
-                lg.upload([*files, resolved], "hydra")
+                try:
+                    lg.log_hyperparams(self.hparams)
+                    lg.tag(tags)
+                    lg.upload([*files, resolved], "hydra")
+                except Exception as e:
+                    self._ended = True  # nothing more to send where nothing could be sent
+                    raise FodlError(_unreachable(lg, e)) from None
         finally:
             import shutil
 
@@ -418,6 +437,8 @@ class TrackedRun(L.Callback):
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") or ""
         figures = tensorboard_figures(trainer)
         for lg in trackers(trainer):
+            if getattr(lg, "failed", None):
+                continue
             try:
                 if best:
                     lg.tag({"best_checkpoint": str(Path(best).resolve())})
@@ -443,6 +464,17 @@ class TrackedRun(L.Callback):
                 lg._experiment = None
 
 
+def _unreachable(lg, e: Exception) -> str:
+    first = next((line for line in str(e).splitlines() if line.strip()), "")[:300]
+    if isinstance(lg, MLflowLogger):
+        where = (f"the MLflow tracking store {lg._tracking_uri}", "logger.mlflow.tracking_uri")
+    else:
+        where = ("Weights & Biases", "logger.wandb.offline=true (or `wandb login`)")
+    return (f"Could not start the run in {where[0]} ({type(e).__name__}: {first}). Check that it "
+            f"is reachable and writable, or set {where[1]}, or choose another logger "
+            "(e.g. logger=tensorboard).")
+
+
 def tensorboard_figures(trainer: L.Trainer) -> list[Path]:
     """The last image of each image tag the run wrote to TensorBoard, as PNG files (in a
     temporary directory), named after the tag and step."""
@@ -459,9 +491,15 @@ def tensorboard_figures(trainer: L.Trainer) -> list[Path]:
             lg.experiment.flush()
     out_dir = Path(tempfile.mkdtemp(prefix="fodl-figures-"))
     out: list[Path] = []
-    for d in dirs:
-        acc = EventAccumulator(str(d), size_guidance={"images": 1, "scalars": 1, "histograms": 1,
-                                                      "tensors": 1}).Reload()
+    quiet = logging.getLogger("tensorboard")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)  # not its directory watcher's lines in the run's log
+    try:
+        accs = [EventAccumulator(str(d), size_guidance={"images": 1, "scalars": 1, "histograms": 1,
+                                                        "tensors": 1}).Reload() for d in dirs]
+    finally:
+        quiet.setLevel(level)
+    for acc in accs:
         for tag in acc.Tags().get("images", []):
             ev = acc.Images(tag)[-1]
             f = out_dir / f"{tag.replace('/', '_')}_step{ev.step}.png"
