@@ -38,7 +38,8 @@ from tensorboard_screenshots import free_port, shoot  # noqa: E402
 def train_runs(logdir: Path, epochs: int, extra: list[str]) -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "model=mnist_mlp",
            "optimizer=sgd,momentum,adam", f"trainer.max_epochs={epochs}", "logger=many",
-           f"paths.log_dir={logdir}", "callbacks.progress_bar.refresh_rate=0", *extra]
+           f"paths.log_dir={logdir}", "callbacks.progress_bar.refresh_rate=0",
+           "hydra.sweep.subdir=${hydra.job.num}_${hydra.runtime.choices.optimizer}", *extra]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)
 
@@ -63,7 +64,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser")
                     or shutil.which("google-chrome"))
-    ap.add_argument("--budget-ms", type=int, default=30000, help="virtual time for the page to render")
+    ap.add_argument("--budget-ms", type=int, default=60000, help="virtual time for the page to render")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for --train")
     args = ap.parse_args()
     if not args.chromium:
@@ -92,10 +93,11 @@ def main() -> None:
     try:
         wait_healthy(base, server)
         e = exp.experiment_id
-        shoot(args.chromium, f"{base}/#/experiments/{e}?compareRunsMode=CHART", out / "mlflow_runs.png",
-              "1600,1000", args.budget_ms)
-        shoot(args.chromium, f"{base}/#/experiments/{e}/runs/{adam.info.run_id}", out / "mlflow_run.png",
-              "1600,1400", args.budget_ms)
+        ml = "workflowType=machine_learning"  # the UI's model-training view, not the GenAI one
+        shoot(args.chromium, f"{base}/#/experiments/{e}/runs?{ml}&compareRunsMode=CHART",
+              out / "mlflow_runs.png", "2000,1100", args.budget_ms)
+        shoot(args.chromium, f"{base}/#/experiments/{e}/runs/{adam.info.run_id}?{ml}",
+              out / "mlflow_run.png", "1600,1500", args.budget_ms)
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:

@@ -60,6 +60,7 @@ from fodl.errors import FodlError
 log = logging.getLogger(__name__)
 
 INSTALL = 'pip install -e ".[tracking]"'
+KIND_TAG = "mlflow.experimentKind"
 CKPT_KEY = "fodl_trackers"  # {"mlflow": run id, "wandb": run id} in every checkpoint
 
 
@@ -104,6 +105,21 @@ def sweep_name(log_dir: str | Path | None = None) -> str | None:
         except ValueError:
             pass
     return str(d)
+
+
+def run_dir_name(output_dir: str | Path) -> str:
+    """A run's name: its directory's name; in a sweep, the job directory's path under the
+    sweep directory (a job directory named after overrides with a ``/`` in a value is nested)."""
+    from hydra.types import RunMode
+
+    out = Path(str(output_dir))
+    hc = _hydra()
+    if hc is not None and hc.mode == RunMode.MULTIRUN:
+        try:
+            return str(out.resolve().relative_to(Path(str(hc.sweep.dir)).resolve()))
+        except ValueError:
+            pass
+    return out.name
 
 
 def _overrides() -> list[str]:
@@ -202,6 +218,13 @@ class MLflowLogger(MLFlowLogger):
                  run_id, run.info.run_name)
         return True
 
+    def mark_model_training(self) -> None:
+        """Tag a new experiment as model training, so the MLflow UI opens it on its runs,
+        metrics and charts (MLflow 3 shows an untagged experiment as a GenAI one)."""
+        client, eid = self.experiment, self.experiment_id
+        if KIND_TAG not in (client.get_experiment(eid).tags or {}):
+            client.set_experiment_tag(eid, KIND_TAG, "custom_model_development")
+
     @rank_zero_only
     def log_hyperparams(self, params) -> None:
         new, changed = {}, {}
@@ -248,7 +271,7 @@ def mlflow_logger(experiment_name: str, output_dir: str, store_dir: str,
         tracking_uri = f"sqlite:///{store / 'mlflow.db'}"
         artifact_location = artifact_location or (store / "artifacts").as_uri()
     all_tags = {"run_dir": str(Path(output_dir).resolve()), **(tags or {})}
-    return MLflowLogger(experiment_name=str(experiment_name), run_name=run_name or Path(output_dir).name,
+    return MLflowLogger(experiment_name=str(experiment_name), run_name=run_name or run_dir_name(output_dir),
                         tracking_uri=tracking_uri, tags=all_tags, log_model=log_model,
                         artifact_location=artifact_location)
 
@@ -307,7 +330,7 @@ def wandb_logger(output_dir: str, project: str = "fodl", entity: str | None = No
     if not _available("wandb"):
         return _missing("wandb", "wandb", required)
     os.environ.setdefault("WANDB_SILENT", "true")
-    return WandbRun(name=name or Path(output_dir).name, save_dir=str(output_dir), offline=offline,
+    return WandbRun(name=name or run_dir_name(output_dir), save_dir=str(output_dir), offline=offline,
                     project=project, entity=entity, group=group or sweep_name(),
                     tags=list(tags or []), log_model=log_model, job_type="train")
 
@@ -413,6 +436,8 @@ class TrackedRun(L.Callback):
         try:
             for lg in trackers(trainer):
                 try:
+                    if isinstance(lg, MLflowLogger):
+                        lg.mark_model_training()
                     lg.log_hyperparams(self.hparams)
                     lg.tag(tags)
                     lg.upload([*files, resolved], "hydra")
