@@ -34,7 +34,7 @@ def main() -> int:
     ap.add_argument("--out", default=None, help="where to write aggregate.md/.csv (default: SWEEP_DIR)")
     args = ap.parse_args()
     if args.mlflow:
-        from fodl.tracking import mlflow_jobs
+        from fodl.analysis.tracked import mlflow_jobs
 
         jobs = mlflow_jobs(args.mlflow, args.sweep_dir)
         by = swept_keys(jobs, args.exclude)

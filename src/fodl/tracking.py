@@ -72,7 +72,7 @@ def _missing(package: str, logger: str, required: bool) -> None:
     log.warning("%s. This run logs without %s.", msg, logger)
 
 
-def _available(module: str) -> bool:
+def available(module: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(module) is not None
@@ -211,12 +211,17 @@ class MLflowLogger(MLFlowLogger):
                         run_id, self._tracking_uri)
             return False
         self._run_id = run_id
-        self._last_step = {m.key: int(m.step) for m in run.data._metric_objs}
+        self._last_step = {k: max((int(m.step) for m in client.get_metric_history(run_id, k)), default=-1)
+                           for k in run.data.metrics}
         self._params = dict(run.data.params)
         client.update_run(run_id, status="RUNNING")
         log.info("MLflow: continuing run %s (%s); steps it already holds are not sent again",
                  run_id, run.info.run_name)
         return True
+
+    @property
+    def tracking_uri(self) -> str:
+        return self._tracking_uri
 
     def mark_model_training(self) -> None:
         """Tag a new experiment as model training, so the MLflow UI opens it on its runs,
@@ -263,7 +268,7 @@ def mlflow_logger(experiment_name: str, output_dir: str, store_dir: str,
     model), run named after the run directory; ``tracking_uri`` null: SQLite in ``store_dir``
     with the artifacts beside it. None (with a warning) when mlflow is missing and not
     ``required`` (``logger=many``)."""
-    if not _available("mlflow"):
+    if not available("mlflow"):
         return _missing("mlflow", "mlflow", required)
     if not tracking_uri:
         store = Path(store_dir).resolve()
@@ -308,6 +313,15 @@ class WandbRun(WandbLogger):
         if metrics:
             super().log_metrics(metrics, step)
 
+    def finish(self, status: str = "success") -> None:
+        """Finalize and finish the W&B run (flushed to its files), so that a next run in this
+        process starts its own."""
+        if self._experiment is None:
+            return
+        self.finalize(status)
+        self._experiment.finish(exit_code=0 if status == "success" else 1)
+        self._experiment = None
+
     def tag(self, tags: Mapping[str, Any]) -> None:
         self.experiment.config.update({f"fodl/{k}": str(v) for k, v in tags.items()},
                                       allow_val_change=True)
@@ -327,7 +341,7 @@ def wandb_logger(output_dir: str, project: str = "fodl", entity: str | None = No
                  required: bool = True) -> WandbRun | None:
     """The W&B logger of ``conf/logger/wandb.yaml``: offline by default, into
     ``<output_dir>/wandb``; run named after the run directory, grouped by the sweep."""
-    if not _available("wandb"):
+    if not available("wandb"):
         return _missing("wandb", "wandb", required)
     os.environ.setdefault("WANDB_SILENT", "true")
     return WandbRun(name=name or run_dir_name(output_dir), save_dir=str(output_dir), offline=offline,
@@ -483,16 +497,14 @@ class TrackedRun(L.Callback):
         if not trainer.is_global_zero:
             return
         for lg in trackers(trainer):
-            if isinstance(lg, WandbRun) and lg._experiment is not None:
-                lg.finalize(status)
-                lg._experiment.finish(exit_code=0 if status == "success" else 1)
-                lg._experiment = None
+            if isinstance(lg, WandbRun):
+                lg.finish(status)
 
 
 def _unreachable(lg, e: Exception) -> str:
     first = next((line for line in str(e).splitlines() if line.strip()), "")[:300]
     if isinstance(lg, MLflowLogger):
-        where = (f"the MLflow tracking store {lg._tracking_uri}", "logger.mlflow.tracking_uri")
+        where = (f"the MLflow tracking store {lg.tracking_uri}", "logger.mlflow.tracking_uri")
     else:
         where = ("Weights & Biases", "logger.wandb.offline=true (or `wandb login`)")
     return (f"Could not start the run in {where[0]} ({type(e).__name__}: {first}). Check that it "
@@ -511,8 +523,10 @@ def tensorboard_figures(trainer: L.Trainer) -> list[Path]:
         return []
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+    from fodl.compat import tensorboard_started
+
     for lg in trainer.loggers:
-        if isinstance(lg, TensorBoardLogger) and lg._experiment is not None:
+        if isinstance(lg, TensorBoardLogger) and tensorboard_started(lg):
             lg.experiment.flush()
     out_dir = Path(tempfile.mkdtemp(prefix="fodl-figures-"))
     out: list[Path] = []
@@ -551,50 +565,3 @@ def continue_trackers(trainer: L.Trainer, ckpt: dict[str, Any], output_dir: str 
                 lg.tag({"resumed_in": str(Path(str(output_dir)).resolve())})
         elif isinstance(lg, WandbRun) and ids.get("wandb"):
             lg.continue_run(ids["wandb"], [d for d in (old_out, output_dir) if d])
-
-
-# -- reading results back (scripts/aggregate.py --mlflow) --------------------------------------
-
-
-def mlflow_jobs(tracking_uri: str, sweep: str):
-    """The jobs of sweep ``sweep`` (the ``sweep`` tag: the sweep directory under
-    ``paths.log_dir``, e.g. ``multiruns/<time>``) as :class:`fodl.analysis.aggregate.Job`s, read
-    from the MLflow store at ``tracking_uri``."""
-    if not _available("mlflow"):
-        raise FodlError(f"--mlflow needs the mlflow package. Install the tracking extra: {INSTALL}")
-    from mlflow import MlflowClient
-    from mlflow.exceptions import MlflowException
-
-    from fodl.analysis.aggregate import Job, _parse_overrides
-
-    client = MlflowClient(tracking_uri)
-    try:
-        exps = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(exps, filter_string=f"tags.sweep = '{sweep}'",
-                                  max_results=5000) if exps else []
-    except MlflowException as e:
-        raise FodlError(f"Cannot read the MLflow store {tracking_uri} ({str(e).splitlines()[0]}). "
-                        "Give the tracking URI the runs were logged to, e.g. "
-                        "sqlite:///outputs/mlruns/mlflow.db or http://host:5000.") from None
-    if not runs:
-        raise FodlError(f"The MLflow store {tracking_uri} has no run of sweep {sweep!r} (tag "
-                        "sweep). Give the sweep's directory under outputs/, e.g. "
-                        "multiruns/<time>, as fodl tags it.")
-    status = {"FINISHED": "completed", "FAILED": "failed"}
-    jobs = []
-    for r in runs:
-        tags = r.data.tags
-        try:
-            overrides = json.loads(tags.get("overrides", "[]"))
-        except json.JSONDecodeError:
-            overrides = []
-        run_dir = Path(tags.get("run_dir", r.info.run_name or r.info.run_id))
-        num = int(run_dir.name.split("_", 1)[0]) if run_dir.name.split("_", 1)[0].isdigit() else None
-        st = status.get(r.info.status, "unknown")
-        metrics = {k: float(v) for k, v in r.data.metrics.items() if k != "epoch"}
-        err = None if st == "completed" else (
-            f"MLflow run {r.info.run_id} ended {r.info.status}" if st == "failed" else
-            f"no result (MLflow run {r.info.run_id} is {r.info.status}: killed or still running)")
-        jobs.append(Job(run_dir, num, _parse_overrides(overrides), st, err,
-                        metrics if st == "completed" else {}))
-    return sorted(jobs, key=lambda j: (j.num is None, j.num or 0, j.path.name))
