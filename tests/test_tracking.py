@@ -239,7 +239,7 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_on_a_real_server(server, 
     root = tmp_path / "root"
     root.mkdir()
     overrides = ["model=mnist_mlp", f"paths.data_dir={tiny_mnist}", "data.val_size=200",
-                 "data.batch_size=50", "data.steps_per_execution=1", "trainer.max_epochs=2",
+                 "data.batch_size=50", "data.steps_per_execution=1", "trainer.max_epochs=3",
                  "trainer.log_every_n_steps=1",
                  "trainer.enable_model_summary=false", "callbacks.parameter_summaries=null",
                  "callbacks.progress_bar.style=lines", "test=false", "logger=mlflow",
@@ -283,16 +283,16 @@ def test_a_killed_run_resumes_into_the_same_mlflow_run_on_a_real_server(server, 
     rid = run.info.run_id
     assert run.info.status == "FINISHED"
     steps_per_epoch = 1000 // 50
-    total = 2 * steps_per_epoch
+    total = 3 * steps_per_epoch
     steps = [s for s, _ in _history(client, rid, "train/loss_step")]
     assert steps == list(range(total)), (killed_at, steps)  # every step once, none twice
     assert [s for s, _ in _history(client, rid, "val/acc")] == [
-        steps_per_epoch * e - 1 for e in (1, 2)]
+        steps_per_epoch * e - 1 for e in (1, 2, 3)]
     for key in run.data.metrics:
         s = [s for s, _ in _history(client, rid, key)]
         assert len(s) == len(set(s)), key
     p = run.data.params
-    assert p["model"] == "mnist_mlp" and p["data.batch_size"] == "50" and p["trainer.max_epochs"] == "2"
+    assert p["model"] == "mnist_mlp" and p["data.batch_size"] == "50" and p["trainer.max_epochs"] == "3"
     assert not any(str(tmp_path) in v for v in p.values())  # no paths among the hyperparameters
     tags = run.data.tags
     assert tags["git_commit"] and tags["hardware"] and "resumed_in" in tags
