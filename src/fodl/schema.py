@@ -1,6 +1,16 @@
 """Config values checked before anything is built: a wrong type or an impossible value stops
 the run with one paragraph naming the key, the value and what is allowed.
 
+**fodl's one validation story.** Every value a run config sets is checked here, on the composed
+config, before anything is instantiated: all bad values are reported at once, by their config
+key (``model.net.dropout``), and nothing is built, downloaded or written. Constructors do not
+check single values again; they check only what this module cannot see: relations to the
+objects and data they are given (a net's vocabulary size against the data's, a net without
+``encode``), combinations of settings that need the machine (``cuda_graph`` on a CPU), and
+the plain ``torch.nn.Module`` nets of ``fodl.nets`` keep their ``ValueError`` argument checks
+for Python callers (that layer imports nothing of fodl). The trainer's accelerator and devices
+are checked against this machine too (:meth:`_Checker.machine`).
+
 ``check_config(cfg)`` resolves the composed config and checks every node that has a
 ``_target_`` (data, model, model.net, optimizer, scheduler, trainer, each callback and logger,
 a trainer profiler ...) against
@@ -15,9 +25,11 @@ a trainer profiler ...) against
    for ``torch.optim.Optimizer.lr`` to every optimizer.
 
 **A new family adds its rules in one place**: one entry per class in :data:`RULES` below
-(its net, its LightningModule and its DataModule, keyed by the class's dotted path), e.g.::
+(its net, its LightningModule and its DataModule, keyed by the class's dotted path), with
+allowed names imported from the module that defines them, e.g.::
 
-    "fodl.nets.skipgram.SkipGram": {"embedding_dim": Number(integer=True, min=1)},
+    "fodl.nets.skipgram.SkipGramNet": {"embedding_dim": Number(integer=True, min=1),
+                                       "init": Choice(*_SKIPGRAM_INITS)},
 
 plus the top-level keys it introduces, if any, in :data:`ROOT_RULES`.
 """
