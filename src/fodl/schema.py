@@ -263,7 +263,8 @@ FRACTION = Number(min=0.0, max=1.0, max_open=True)  # e.g. dropout: [0, 1)
 _BATCHES = AnyOf(Number(integer=True, min=0), Number(min=0.0, max=1.0), Choice(None))
 _PROBABILITY = Number(min=0.0, max=1.0)  # e.g. epsilon, teacher forcing: [0, 1]
 _NONNEG_INT = Number(integer=True, min=0)
-_OFF = ("none", "null", "")  # a string that switches an option off, as null does
+_OFF = ("none", "null", "")
+_DISCOUNT_AND_EPSILON = {"gamma": _PROBABILITY, "epsilon_start": _PROBABILITY, "epsilon_end": _PROBABILITY}  # a string that switches an option off, as null does
 
 RULES: dict[str, dict[str, Rule]] = {
     # data ------------------------------------------------------------------------------------
@@ -418,16 +419,15 @@ RULES: dict[str, dict[str, Rule]] = {
                                "init": Choice(*_INITS), "num_actions": POSITIVE_INT},
     "fodl.models.rl.AgentModule": {
         "log_every_env_steps": POSITIVE_INT, "torch_threads": Number(integer=True, min=1, none=True),
-        "fused_optimizer": Flag(), "gamma": _PROBABILITY, "epsilon_start": _PROBABILITY,
-        "epsilon_end": _PROBABILITY,
+        "fused_optimizer": Flag(),
     },
     "fodl.models.dqn.DQNModule": {
-        "target_update_interval": POSITIVE_INT, "tau": Number(min=0.0, max=1.0, min_open=True),
+        **_DISCOUNT_AND_EPSILON, "target_update_interval": POSITIVE_INT, "tau": Number(min=0.0, max=1.0, min_open=True),
         "loss": Choice("huber", "mse"), "huber_delta": Number(min=0.0, min_open=True),
         "epsilon_decay_steps": _NONNEG_INT, "eval_epsilon": _PROBABILITY,
     },
     "fodl.models.policy_gradient.PolicyGradientModule": {
-        "baseline": Choice(None, "none", "value"), "value_coef": Number(min=0.0),
+        **_DISCOUNT_AND_EPSILON, "baseline": Choice(None, "none", "value"), "value_coef": Number(min=0.0),
         "entropy_coef": Number(min=0.0), "exploration": Choice("sample", "epsilon_greedy"),
         "epsilon_decay_episodes": _NONNEG_INT, "eval_mode": Choice("greedy", "sample"),
     },
