@@ -206,8 +206,16 @@ def _shipped():
 
 
 def test_every_shipped_config_passes(tmp_path):
+    """... the schema, and the check of a checkpoint's stored config (what ConfigInCheckpoint
+    stores: every shipped config can be rebuilt from its checkpoints)."""
+    from omegaconf import OmegaConf
+
+    from fodl.checkpoint import check_stored_config
+
     for overrides in _shipped():
-        check_config(compose_train(overrides, tmp_path / "run"), machine=False)
+        cfg = compose_train(overrides, tmp_path / "run")
+        check_config(cfg, machine=False)
+        check_stored_config(OmegaConf.to_container(cfg, resolve=True), "x.ckpt")
 
 
 def test_the_user_sees_one_paragraph_and_no_traceback(tmp_path):
