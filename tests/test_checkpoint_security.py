@@ -3,6 +3,7 @@
 
 import base64
 import copy
+import logging
 import os
 import pickle
 import runpy
@@ -167,9 +168,21 @@ def _run_script_in_process(script, args, monkeypatch, capfd):
     ``(exit status, its output)``: stderr, and stdout too, where Hydra's console log goes."""
     monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / script), *args])
     GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
-    GlobalHydra.instance().clear()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+    finally:  # Hydra configured logging for its run (a file in tmp_path, capfd's stream): undo it
+        GlobalHydra.instance().clear()
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+                h.close()
+        for h in handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+        root.setLevel(level)
     out = capfd.readouterr()
     return e.value.code, out.out + out.err
 
