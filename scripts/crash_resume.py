@@ -70,17 +70,19 @@ class Lines:
 
 
 def killed_launch(root: Path, overrides: list[str], rng: random.Random, done: int, remaining: int,
-                  startup_s: float, epoch_s: float) -> str:
+                  kills_left: int, startup_s: float, epoch_s: float) -> str:
     """Launch and SIGKILL at a random point of its remaining ``remaining`` epochs (the run has
     ``done`` behind it): in start-up with probability 1/6, else after a random number of this
-    launch's epoch lines plus a random fraction of an epoch. Say where the kill landed."""
+    launch's epoch lines (on average the remaining epochs shared out among the ``kills_left``
+    kills, so the kills spread over the whole run) plus a random fraction of an epoch. Say
+    where the kill landed."""
     proc = launch(root, overrides)
     t0 = time.monotonic()
     out = Lines(proc)
     if rng.random() < 1 / 6 or remaining <= 0:
         time.sleep(rng.uniform(0, startup_s))
     else:
-        wait = rng.randint(0, max(remaining - 1, 0))
+        wait = rng.randint(0, min(max(2 * remaining // kills_left - 1, 0), remaining - 1))
         if wait:
             out.wait_epochs(wait, proc)
             time.sleep(rng.uniform(0, epoch_s))
@@ -172,8 +174,11 @@ def main() -> int:
     rng = random.Random(args.seed)
     for k in range(args.kills):
         done = epochs_done(newest_last(crash_root, overrides))
+        if done >= args.epochs:
+            print(f"kill {k + 1}/{args.kills}: not made, the run has finished (use more --epochs)")
+            continue
         where = killed_launch(crash_root, [*overrides, "ckpt_path=auto"], rng, done,
-                              args.epochs - done, startup_s, epoch_s)
+                              args.epochs - done, args.kills - k, startup_s, epoch_s)
         for tmp in crash_root.glob("outputs/**/checkpoints/.last.ckpt.tmp-*"):
             tmp.unlink()  # so the next report says whether *that* kill hit a write
         last = newest_last(crash_root, overrides)
