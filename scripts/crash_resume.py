@@ -5,13 +5,17 @@ with ``ckpt_path=auto``, and check that the final weights equal those of an unin
     python scripts/crash_resume.py --kills 10 [--model mnist_mlp] [--epochs 16] [--seed 0]
 
 Each launch is ``scripts/train.py <overrides> ckpt_path=auto`` in a subprocess (its stdout is
-not a terminal, so it logs one line per epoch). A launch is killed with SIGKILL after 0 or 1 of
-its epoch lines plus a random fraction of an epoch, so kills land while it imports, trains,
-validates, or writes a checkpoint (a kill that leaves a temporary checkpoint file behind hit a
-write; those are reported). After ``--kills`` kills the run is left to finish;
-its newest ``last.ckpt`` is compared, tensor by tensor, with an uninterrupted run's. Without
-``--data`` a small learnable MNIST-format set is written first (as the tests do). Exit status 0
-when every tensor is equal.
+not a terminal, so it logs one line per epoch). The uninterrupted reference run gives the
+start-up time (interpreter, imports, data) and the time of an epoch. Each kill picks a point
+of the launch's remaining training: a few land in start-up (before anything trains), the rest
+after a random number of the launch's epochs plus a random fraction of an epoch, so kills
+spread across the run's epochs, landing while it trains, validates or writes a checkpoint (a
+kill that leaves a temporary checkpoint file behind hit a write). Each kill is reported with
+where it landed (start-up, or epoch N of the run and how far into it) and the epoch the run
+can resume from. After ``--kills`` kills the run is left to finish; its newest ``last.ckpt`` is
+compared, tensor by tensor, with an uninterrupted run's. Without ``--data`` a learnable
+MNIST-format set of ``--train-images`` images is written first (as the tests do), large enough
+that an epoch takes a sizeable part of a launch. Exit status 0 when every tensor is equal.
 """
 
 from __future__ import annotations
@@ -65,23 +69,41 @@ class Lines:
             return self.epochs >= n
 
 
-def killed_launch(root: Path, overrides: list[str], rng: random.Random, remaining: int,
-                  epoch_s: float) -> str:
-    """Launch, SIGKILL after 0-1 of its epoch lines (never past the run's remaining epochs) plus
-    a random fraction of an epoch; say where it was killed."""
+def killed_launch(root: Path, overrides: list[str], rng: random.Random, done: int, remaining: int,
+                  kills_left: int, startup_s: float, epoch_s: float) -> str:
+    """Launch and SIGKILL at a random point of its remaining ``remaining`` epochs (the run has
+    ``done`` behind it): in start-up with probability 1/6, else after a random number of this
+    launch's epoch lines (on average the remaining epochs shared out among the ``kills_left``
+    kills, so the kills spread over the whole run) plus a random fraction of an epoch. Say
+    where the kill landed."""
     proc = launch(root, overrides)
+    t0 = time.monotonic()
     out = Lines(proc)
-    out.wait_epochs(rng.randint(0, min(1, max(remaining - 1, 0))), proc)
-    time.sleep(rng.uniform(0, epoch_s))
+    if rng.random() < 1 / 6 or remaining <= 0:
+        time.sleep(rng.uniform(0, startup_s))
+    else:
+        wait = rng.randint(0, min(max(2 * remaining // kills_left - 1, 0), remaining - 1))
+        if wait:
+            out.wait_epochs(wait, proc)
+            time.sleep(rng.uniform(0, epoch_s))
+        else:  # within the launch's first epoch
+            time.sleep(startup_s + rng.uniform(0, epoch_s))
     finished = proc.poll() is not None
     if not finished:
         proc.send_signal(signal.SIGKILL)
+    t_kill = time.monotonic()
     proc.wait()
     out.thread.join(5)
+    if finished:
+        return f"the launch finished before the kill ({out.epochs} epochs)"
     mid_write = any(p.name.startswith(".last.ckpt.tmp-") for p in root.glob("outputs/**/checkpoints/.*"))
-    return (f"finished before the kill ({out.epochs} epochs)" if finished else
-            f"killed after {out.epochs} epoch line(s) of this launch"
-            + (" while writing a checkpoint" if mid_write else ""))
+    since = t_kill - (out.times[-1] if out.times else t0 + startup_s)
+    if not out.times and since < 0:
+        where = f"in start-up, {t_kill - t0:.1f} s after launch (before any training)"
+    else:
+        where = (f"in epoch {done + out.epochs + 1} of the run, ~{min(since / epoch_s, 1.0):.0%} into it "
+                 f"({out.epochs} epoch(s) of this launch done)")
+    return "killed " + where + (", while writing a checkpoint" if mid_write else "")
 
 
 def epochs_done(last: Path | None) -> int:
@@ -114,7 +136,9 @@ def main() -> int:
     ap.add_argument("--model", default="mnist_mlp")
     ap.add_argument("--epochs", type=int, default=16)
     ap.add_argument("--seed", type=int, default=0, help="seed of the kill points")
-    ap.add_argument("--data", default=None, help="MNIST directory (default: a small generated set)")
+    ap.add_argument("--data", default=None, help="MNIST directory (default: a generated set)")
+    ap.add_argument("--train-images", type=int, default=12000,
+                    help="size of the generated training set (sets the time of an epoch)")
     ap.add_argument("--workdir", default=None, help="where the runs go (default: a temporary dir)")
     ap.add_argument("overrides", nargs="*", help="extra train.py overrides")
     args = ap.parse_args()
@@ -126,7 +150,7 @@ def main() -> int:
         sys.path.insert(0, str(ROOT / "tests"))
         from conftest import make_mnist_like
 
-        data = str(make_mnist_like(work / "data"))
+        data = str(make_mnist_like(work / "data", n_train=args.train_images, n_test=300))
     overrides = [f"model={args.model}", f"paths.data_dir={data}", "data.val_size=200",
                  f"trainer.max_epochs={args.epochs}", "trainer.enable_model_summary=false",
                  "data.steps_per_execution=1", "test=false", *args.overrides]
@@ -144,17 +168,22 @@ def main() -> int:
     run_s = time.monotonic() - t0
     gaps = sorted(b - a for a, b in zip(ref_out.times, ref_out.times[1:]))
     epoch_s = gaps[len(gaps) // 2] if gaps else 1.0  # median epoch, validation and checkpoint
-    print(f"uninterrupted run: {run_s:.1f} s, {epoch_s:.2f} s per epoch")
+    startup_s = max(ref_out.times[0] - t0 - epoch_s, 0.5) if ref_out.times else 5.0
+    print(f"uninterrupted run: {run_s:.1f} s: start-up {startup_s:.1f} s, {epoch_s:.2f} s per epoch")
 
     rng = random.Random(args.seed)
     for k in range(args.kills):
-        remaining = args.epochs - epochs_done(newest_last(crash_root, overrides))
-        where = killed_launch(crash_root, [*overrides, "ckpt_path=auto"], rng, remaining, epoch_s)
+        done = epochs_done(newest_last(crash_root, overrides))
+        if done >= args.epochs:
+            print(f"kill {k + 1}/{args.kills}: not made, the run has finished (use more --epochs)")
+            continue
+        where = killed_launch(crash_root, [*overrides, "ckpt_path=auto"], rng, done,
+                              args.epochs - done, args.kills - k, startup_s, epoch_s)
         for tmp in crash_root.glob("outputs/**/checkpoints/.last.ckpt.tmp-*"):
             tmp.unlink()  # so the next report says whether *that* kill hit a write
         last = newest_last(crash_root, overrides)
         print(f"kill {k + 1}/{args.kills}: {where}; resumable from epoch {epochs_done(last)} "
-              f"({last.relative_to(crash_root) if last else 'no last.ckpt yet'})")
+              f"({last.relative_to(crash_root) if last else 'no last.ckpt yet'})", flush=True)
     final = launch(crash_root, [*overrides, "ckpt_path=auto"])
     final_out = Lines(final)
     if final.wait() != 0:

@@ -3,6 +3,7 @@
 
 import base64
 import copy
+import logging
 import os
 import pickle
 import runpy
@@ -167,9 +168,21 @@ def _run_script_in_process(script, args, monkeypatch, capfd):
     ``(exit status, its output)``: stderr, and stdout too, where Hydra's console log goes."""
     monkeypatch.setattr(sys, "argv", [str(ROOT / "scripts" / script), *args])
     GlobalHydra.instance().clear()
-    with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
-    GlobalHydra.instance().clear()
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        with pytest.raises(SystemExit) as e:
+            runpy.run_path(str(ROOT / "scripts" / script), run_name="__main__")
+    finally:  # Hydra configured logging for its run (a file in tmp_path, capfd's stream): undo it
+        GlobalHydra.instance().clear()
+        for h in root.handlers[:]:
+            if h not in handlers:
+                root.removeHandler(h)
+                h.close()
+        for h in handlers:
+            if h not in root.handlers:
+                root.addHandler(h)
+        root.setLevel(level)
     out = capfd.readouterr()
     return e.value.code, out.out + out.err
 
@@ -223,3 +236,22 @@ def test_what_fodl_writes_passes_and_is_rebuilt(real_checkpoint):
     module, data_cfg, cfg = load_module(real_checkpoint[0])
     assert type(module).__name__ == "ClassifierModule" and data_cfg._target_.endswith("MNISTDataModule")
     assert "trainer" not in cfg and "callbacks" not in cfg and cfg.model_name == "logreg"
+
+
+@pytest.mark.parametrize("script", ["interpolate.py", "tsne.py"])
+def test_the_classifier_analyses_refuse_another_familys_checkpoint(real_checkpoint, tmp_path, monkeypatch,
+                                                                   capfd, script):
+    """A real checkpoint of another family (an autoencoder): "not a classifier checkpoint",
+    exit status 2, before its data is read."""
+    ckpt = copy.deepcopy(real_checkpoint[1])
+    model = {"_target_": "fodl.models.AutoencoderModule", "optimizer": ckpt["fodl_config"]["model"]["optimizer"],
+             "net": {"_target_": "fodl.nets.Autoencoder", "in_features": 784, "hidden": [8], "code_size": 2}}
+    ckpt["fodl_config"].update(model=model, model_name="autoencoder")
+    ckpt["fodl_config"]["data"]["data_dir"] = str(tmp_path / "no-data")
+    ckpt["state_dict"] = instantiate(OmegaConf.create(model)).state_dict()
+    path = tmp_path / "ae.ckpt"
+    torch.save(ckpt, path)
+    code, out = _run_script_in_process(script, [str(path), "--out", str(tmp_path / "out")], monkeypatch, capfd)
+    assert code == 2 and "Traceback" not in out, out
+    assert f"{path} is not a classifier checkpoint: it holds a AutoencoderModule (model=autoencoder)" in out
+    assert not (tmp_path / "out").exists()

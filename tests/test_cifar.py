@@ -258,8 +258,10 @@ def test_label_smoothing_changes_only_the_training_loss(tmp_path, tiny_cifar):
     assert smooth.training_loss((x, y)).item() == pytest.approx(expected.item(), rel=1e-4)
     assert plain.training_loss((x, y)).item() == pytest.approx(
         torch.nn.functional.cross_entropy(logits, y).item(), rel=1e-5)
-    with pytest.raises(Exception, match="label_smoothing=1.5"):
-        module(1.5)
+    from fodl.schema import check_config  # config values are checked there (one validation story)
+
+    with pytest.raises(FodlError, match="label_smoothing=1.5"):
+        check_config(compose_train(["model=cifar_cnn_bn", "model.label_smoothing=1.5"], tmp_path / "r"))
 
 
 def _sgd_steps(module, x, y, steps=4):

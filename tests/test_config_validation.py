@@ -206,8 +206,16 @@ def _shipped():
 
 
 def test_every_shipped_config_passes(tmp_path):
+    """... the schema, and the check of a checkpoint's stored config (what ConfigInCheckpoint
+    stores: every shipped config can be rebuilt from its checkpoints)."""
+    from omegaconf import OmegaConf
+
+    from fodl.checkpoint import check_stored_config
+
     for overrides in _shipped():
-        check_config(compose_train(overrides, tmp_path / "run"), machine=False)
+        cfg = compose_train(overrides, tmp_path / "run")
+        check_config(cfg, machine=False)
+        check_stored_config(OmegaConf.to_container(cfg, resolve=True), "x.ckpt")
 
 
 def test_the_user_sees_one_paragraph_and_no_traceback(tmp_path):
@@ -220,3 +228,19 @@ def test_the_user_sees_one_paragraph_and_no_traceback(tmp_path):
     assert "Traceback" not in out and "Total params" not in out
     assert not list((tmp_path / "outputs").rglob("*.ckpt"))
     assert str(ROOT) not in out  # no frames of fodl's own code either
+
+
+def test_every_rule_names_a_class_where_it_is_defined():
+    """A rule keyed by a re-export or a misspelled path would never apply: each key of RULES
+    is the dotted path where its class is defined, and each rule of a fodl class names one of
+    its parameters (torch's Optimizer / LRScheduler entries name their subclasses')."""
+    from hydra._internal.utils import _locate
+
+    from fodl.schema import RULES, signature_of
+
+    for key, rules in RULES.items():
+        target = _locate(key)
+        assert f"{target.__module__}.{target.__qualname__}" == key
+        params, _, any_keyword = signature_of(target)
+        if key.startswith("fodl."):
+            assert any_keyword or set(rules) <= set(params), (key, set(rules) - set(params))

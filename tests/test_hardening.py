@@ -200,3 +200,166 @@ def test_trainer_ddp_synchronises_batch_norm(tmp_path):
     net = trainer.strategy._layer_sync.apply(CIFARConvNet(batch_norm=True))
     kinds = {type(m).__name__ for m in net.modules()}
     assert "SyncBatchNorm" in kinds and "BatchNorm2d" not in kinds
+
+
+# -- issue 24: bad values give one paragraph and exit status 2, never a traceback -------------
+
+PROBES = [  # the issue's 17 bad values and 3 silently accepted ones, by model: (overrides, keys)
+    (["model=autoencoder", "model.loss=foo", "model.sparsity=foo", "model.noise_fraction=1.5",
+      "model.net.hidden_dropout=1.5", "model.net.code_size=0"],
+     ["model.loss", "model.sparsity", "model.noise_fraction", "model.net.hidden_dropout",
+      "model.net.code_size"]),
+    (["model=dqn", "model.tau=-3", "model.gamma=1.5", "model.epsilon_start=2.0"],
+     ["model.tau", "model.gamma", "model.epsilon_start"]),
+    (["model=mnist_cnn", "model.label_smoothing=2.0", "data.shift=-1", "trainer.devices=abc"],
+     ["model.label_smoothing", "data.shift", "trainer.devices"]),
+    (["trainer.accelerator=gpu"], ["trainer.accelerator"]),
+    (["model=pos_tagger", "data.left=-1", "model.net.dropout=1.5", "model.net.embedding_dim=0",
+      "model.net.word_dropout=1.5"],
+     ["data.left", "model.net.dropout", "model.net.embedding_dim", "model.net.word_dropout"]),
+    (["model=seq2seq_attention", "model.net.teacher_forcing=2.0", "model.net.attention=foo",
+      "model.label_smoothing=1.5"],
+     ["model.net.teacher_forcing", "model.net.attention", "model.label_smoothing"]),
+    (["model=seq2seq_attention", "data.src=xx"], ["data.src"]),  # the DataModule's own check
+]
+
+
+@pytest.mark.parametrize("overrides,keys", PROBES, ids=[" ".join(o) for o, _ in PROBES])
+def test_bad_values_of_every_family_stop_before_anything_runs(tmp_path, caplog, capfd, overrides, keys):
+    """As scripts/train.py runs them (run_entry): exit status 2, one paragraph naming every bad
+    key, no traceback, nothing trained or written (a model's bad values are reported together,
+    so each model's are tried in one run)."""
+    import torch.cuda
+
+    from fodl.train import run_entry
+
+    if keys == ["trainer.accelerator"] and torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    cfg = compose_train([f"paths.data_dir={tmp_path / 'no-data'}", *overrides], tmp_path / "run")
+    caplog.set_level(logging.ERROR, logger="fodl")
+    with pytest.raises(SystemExit) as e:
+        run_entry(train, cfg)
+    assert e.value.code == 2
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "\n" not in msg, msg
+    for key in keys:
+        value = next(o.split("=", 1)[1] for o in overrides if o.startswith(key + "="))
+        assert f"{key}={value}" in msg or f"{key}='{value}'" in msg, (key, msg)
+    if len(keys) > 1:
+        assert f"({len(keys)} values, nothing was run)" in msg
+    out = capfd.readouterr()
+    assert "Traceback" not in out.out + out.err
+    assert not list(tmp_path.rglob("*.ckpt")) and not (tmp_path / "no-data").exists()
+
+
+def test_a_fodl_error_inside_instantiate_is_unwrapped():
+    """Hydra wraps what a constructor raises in InstantiationException: the entry points show
+    the FodlError's own paragraph (errors.user_error), and a real bug stays a bug."""
+    from hydra.errors import InstantiationException
+
+    from fodl.errors import reports_errors, user_error
+
+    def wrapped(inner):
+        try:
+            try:
+                raise inner
+            except Exception as e:
+                raise InstantiationException("Error in call to target 'x'") from e
+        except InstantiationException as outer:
+            return outer
+
+    assert str(user_error(wrapped(FodlError("data.src='xx': Multi30k has en, de, fr")))).startswith("data.src")
+    assert user_error(wrapped(ValueError("a bug"))) is None
+
+    @reports_errors
+    def main(exc):
+        raise exc
+
+    assert main(wrapped(FodlError("bad"))) == 2
+    with pytest.raises(InstantiationException):
+        main(wrapped(ValueError("a bug")))
+
+
+def test_a_failing_sweep_job_ends_the_sweep_without_a_traceback(capsys):
+    """A sweep job's FodlError reaches Hydra as a CompactHydraException: Hydra prints only the
+    message when the sweep ends (exit status 1: a job failed), and the job status still reads
+    'FodlError: ...'."""
+    from hydra._internal.utils import run_and_report
+
+    from fodl.train import SweepFodlError
+
+    def sweep():
+        raise SweepFodlError("The training loss is not finite at step 3.")
+
+    with pytest.raises(SystemExit) as e:
+        run_and_report(sweep)
+    err = capsys.readouterr().err
+    assert e.value.code == 1 and "The training loss is not finite" in err and "Traceback" not in err
+    assert f"{SweepFodlError.__name__}: x".endswith("FodlError: x")
+
+
+def test_an_unwritable_output_directory_is_named_before_hydra_creates_it(tmp_path, capsys):
+    from omegaconf import OmegaConf
+
+    from fodl.train import WritableOutputs
+
+    blocker = tmp_path / "outputs"
+    blocker.write_text("a file where the output directory should be")
+    cfg = OmegaConf.create({"hydra": {"run": {"dir": str(blocker / "logreg" / "runs" / "t")},
+                                      "sweep": {"dir": str(tmp_path / "ok")}}})
+    with pytest.raises(SystemExit) as e:
+        WritableOutputs().on_run_start(cfg)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "hydra.run.dir" in err and str(blocker) in err
+    assert "nothing already written was changed" in err and blocker.read_text().startswith("a file")
+    WritableOutputs().on_multirun_start(cfg)  # a writable one passes, and nothing is left in it
+    assert not (tmp_path / "ok").exists() or not list((tmp_path / "ok").iterdir())
+
+
+def test_a_full_disk_keeps_the_previous_checkpoint_and_says_so(tmp_path, monkeypatch):
+    """torch reports a full disk as "[enforce fail at inline_container.cc:672] unexpected pos"
+    (no ENOSPC): the message says the disk is full, names the file and that the previous
+    checkpoint is intact; no temporary file is left."""
+    import shutil
+    from collections import namedtuple
+
+    from fodl import checkpoint_io
+
+    target = tmp_path / "checkpoints" / "last.ckpt"
+    checkpoint_io.atomic_save({"epoch": 1}, target)
+
+    def full(obj, f):
+        f.write(b"PK")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 6976 vs 6870")
+
+    monkeypatch.setattr(checkpoint_io.torch, "save", full)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: namedtuple("U", "total used free")(10, 10, 0))
+    with pytest.raises(FodlError) as e:
+        checkpoint_io.atomic_save({"epoch": 2}, target)
+    msg = str(e.value)
+    assert "no space left" in msg and str(target) in msg and "Nothing already written was lost" in msg
+    assert "still holds the previous complete checkpoint" in msg and "ckpt_path=auto" in msg
+    assert torch.load(target, weights_only=True) == {"epoch": 1}
+    assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]
+
+
+def test_a_misspelled_monitor_stops_at_the_first_validation(tmp_path, tiny_mnist, caplog):
+    from fodl.train import run_entry
+
+    caplog.set_level(logging.ERROR, logger="fodl")
+    with pytest.raises(SystemExit) as e:
+        run_entry(train, train_cfg(tmp_path, tiny_mnist, "model=logreg", "monitor=val/nonexistent",
+                                   "trainer.max_epochs=3"))
+    assert e.value.code == 2
+    (msg,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert "monitor=val/nonexistent" in msg and "val/acc" in msg
+    assert not list((tmp_path / "run").rglob("*.ckpt"))  # stopped before the first checkpoint
+
+
+def test_a_failed_download_leaves_no_empty_data_directory(tmp_path):
+    from fodl.data.download import download
+
+    data_dir = tmp_path / "typo"
+    with pytest.raises(FodlError, match="Could not download"):
+        download(["http://127.0.0.1:9/train-images-idx3-ubyte.gz"], data_dir / "mnist" / "x.gz", timeout=5)
+    assert not data_dir.exists() and tmp_path.exists()

@@ -237,7 +237,7 @@ class FixedQ(torch.nn.Module):
         return self.table[x[:, 0].long()]
 
 
-def test_dqn_and_double_dqn_targets():
+def test_dqn_and_double_dqn_targets(tmp_path):
     online = FixedQ([[0.0, 0.0], [1.0, 5.0]])
     m = DQNModule(net=online, optimizer=None, gamma=0.5)
     with torch.no_grad():
@@ -247,8 +247,10 @@ def test_dqn_and_double_dqn_targets():
     assert m.td_target(batch).tolist() == [1.0 + 0.5 * 3.0, 1.0]      # max of the target net
     m.double = True
     assert m.td_target(batch).tolist() == [1.0 + 0.5 * 2.0, 1.0]      # online argmax (1), target value
-    with pytest.raises(FodlError, match="model.loss"):
-        DQNModule(net=online, loss="l1")
+    from fodl.schema import check_config  # config values are checked there (one validation story)
+
+    with pytest.raises(FodlError, match="model.loss='l1'"):
+        check_config(compose_train(["model=dqn", "model.loss=l1"], tmp_path / "r"))
 
 
 def test_epsilon_greedy_acting():

@@ -1,6 +1,16 @@
 """Config values checked before anything is built: a wrong type or an impossible value stops
 the run with one paragraph naming the key, the value and what is allowed.
 
+**fodl's one validation story.** Every value a run config sets is checked here, on the composed
+config, before anything is instantiated: all bad values are reported at once, by their config
+key (``model.net.dropout``), and nothing is built, downloaded or written. Constructors do not
+check single values again; they check only what this module cannot see: relations to the
+objects and data they are given (a net's vocabulary size against the data's, a net without
+``encode``), combinations of settings that need the machine (``cuda_graph`` on a CPU), and
+the plain ``torch.nn.Module`` nets of ``fodl.nets`` keep their ``ValueError`` argument checks
+for Python callers (that layer imports nothing of fodl). The trainer's accelerator and devices
+are checked against this machine too (:meth:`_Checker.machine`).
+
 ``check_config(cfg)`` resolves the composed config and checks every node that has a
 ``_target_`` (data, model, model.net, optimizer, scheduler, trainer, each callback and logger,
 a trainer profiler ...) against
@@ -15,9 +25,11 @@ a trainer profiler ...) against
    for ``torch.optim.Optimizer.lr`` to every optimizer.
 
 **A new family adds its rules in one place**: one entry per class in :data:`RULES` below
-(its net, its LightningModule and its DataModule, keyed by the class's dotted path), e.g.::
+(its net, its LightningModule and its DataModule, keyed by the class's dotted path), with
+allowed names imported from the module that defines them, e.g.::
 
-    "fodl.nets.skipgram.SkipGram": {"embedding_dim": Number(integer=True, min=1)},
+    "fodl.nets.skipgram.SkipGramNet": {"embedding_dim": Number(integer=True, min=1),
+                                       "init": Choice(*_SKIPGRAM_INITS)},
 
 plus the top-level keys it introduces, if any, in :data:`ROOT_RULES`.
 """
@@ -251,7 +263,8 @@ FRACTION = Number(min=0.0, max=1.0, max_open=True)  # e.g. dropout: [0, 1)
 _BATCHES = AnyOf(Number(integer=True, min=0), Number(min=0.0, max=1.0), Choice(None))
 _PROBABILITY = Number(min=0.0, max=1.0)  # e.g. epsilon, teacher forcing: [0, 1]
 _NONNEG_INT = Number(integer=True, min=0)
-_OFF = ("none", "null", "")  # a string that switches an option off, as null does
+_OFF = ("none", "null", "")
+_DISCOUNT_AND_EPSILON = {"gamma": _PROBABILITY, "epsilon_start": _PROBABILITY, "epsilon_end": _PROBABILITY}  # a string that switches an option off, as null does
 
 RULES: dict[str, dict[str, Rule]] = {
     # data ------------------------------------------------------------------------------------
@@ -406,16 +419,15 @@ RULES: dict[str, dict[str, Rule]] = {
                                "init": Choice(*_INITS), "num_actions": POSITIVE_INT},
     "fodl.models.rl.AgentModule": {
         "log_every_env_steps": POSITIVE_INT, "torch_threads": Number(integer=True, min=1, none=True),
-        "fused_optimizer": Flag(), "gamma": _PROBABILITY, "epsilon_start": _PROBABILITY,
-        "epsilon_end": _PROBABILITY,
+        "fused_optimizer": Flag(),
     },
     "fodl.models.dqn.DQNModule": {
-        "target_update_interval": POSITIVE_INT, "tau": Number(min=0.0, max=1.0, min_open=True),
+        **_DISCOUNT_AND_EPSILON, "target_update_interval": POSITIVE_INT, "tau": Number(min=0.0, max=1.0, min_open=True),
         "loss": Choice("huber", "mse"), "huber_delta": Number(min=0.0, min_open=True),
         "epsilon_decay_steps": _NONNEG_INT, "eval_epsilon": _PROBABILITY,
     },
     "fodl.models.policy_gradient.PolicyGradientModule": {
-        "baseline": Choice(None, "none", "value"), "value_coef": Number(min=0.0),
+        **_DISCOUNT_AND_EPSILON, "baseline": Choice(None, "none", "value"), "value_coef": Number(min=0.0),
         "entropy_coef": Number(min=0.0), "exploration": Choice("sample", "epsilon_greedy"),
         "epsilon_decay_episodes": _NONNEG_INT, "eval_mode": Choice("greedy", "sample"),
     },

@@ -67,8 +67,6 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
         cuda_graph: bool = False,
     ) -> None:
         super().__init__()
-        if scheduler_interval not in ("epoch", "step"):
-            raise FodlError(f"model.scheduler_interval={scheduler_interval!r}: choose epoch or step.")
         self.automatic_optimization = False
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler

@@ -54,9 +54,6 @@ class ClassifierModule(FodlModule):
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
-        if not 0.0 <= label_smoothing < 1.0:
-            raise FodlError(f"model.label_smoothing={label_smoothing}: give a value in [0, 1), "
-                            "e.g. 0.1 (0: plain cross-entropy).")
         if channels_last and not any(isinstance(m, nn.Conv2d) for m in net.modules()):
             raise FodlError(f"model.channels_last=true lays out image batches and convolution "
                             f"weights as NHWC, but model.net ({type(net).__name__}) has no 2-d "

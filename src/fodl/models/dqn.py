@@ -76,12 +76,6 @@ class DQNModule(AgentModule):
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val,
                          log_every_env_steps, torch_threads, fused_optimizer)
-        if loss not in ("huber", "mse"):
-            raise FodlError(f"model.loss={loss!r}: choose huber or mse.")
-        if not 0.0 < tau <= 1.0:
-            raise FodlError(f"model.tau={tau}: give 0 < tau <= 1 (1 is a hard copy).")
-        if target_update_interval < 1:
-            raise FodlError(f"model.target_update_interval={target_update_interval}: give >= 1.")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "env"], logger=False)
         self.net = build_net(net, env)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)

@@ -75,12 +75,6 @@ class PolicyGradientModule(AgentModule):
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val,
                          log_every_env_steps, torch_threads, fused_optimizer)
-        if baseline not in (None, "none", "value"):
-            raise FodlError(f"model.baseline={baseline!r}: choose null or value.")
-        if exploration not in ("sample", "epsilon_greedy"):
-            raise FodlError(f"model.exploration={exploration!r}: choose sample or epsilon_greedy.")
-        if eval_mode not in ("greedy", "sample"):
-            raise FodlError(f"model.eval_mode={eval_mode!r}: choose greedy or sample.")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "value_net", "env"], logger=False)
         self.net = build_net(net, env)
         self.baseline = None if baseline in (None, "none") else baseline

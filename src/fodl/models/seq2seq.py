@@ -81,10 +81,6 @@ class Seq2SeqModule(FodlModule):
         if cuda_graph:
             raise FodlError("model.cuda_graph=true graphs a net of one fixed-shape input; the "
                             "seq2seq batches change length. Set model.cuda_graph=false.")
-        if decode not in ("greedy", "beam"):
-            raise FodlError(f"model.decode={decode!r}: choose greedy or beam.")
-        if beam_size < 1:
-            raise FodlError(f"model.beam_size={beam_size}: give at least 1.")
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val, False)
         self.net = net
         self.label_smoothing, self.decode = label_smoothing, decode

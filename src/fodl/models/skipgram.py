@@ -88,10 +88,6 @@ class SkipGramModule(FodlModule):
         seed: int = 0,
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val)
-        if loss not in LOSSES:
-            raise FodlError(f"model.loss={loss!r}: choose one of {', '.join(LOSSES)}.")
-        if reduction not in ("mean", "sum"):
-            raise FodlError(f"model.reduction={reduction!r}: choose mean or sum.")
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler"], logger=False)
         self.net = net
         self.loss_name = loss
