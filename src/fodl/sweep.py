@@ -61,7 +61,7 @@ class SweepReport(Callback):
         err = getattr(job_return, "_return_value", None) if failed else None
         write_job_status(config.hydra.runtime.output_dir, config.hydra.job.get("num"),
                          job_return.overrides or [], "failed" if failed else "completed",
-                         f"{type(err).__name__}: {err}" if failed else None)
+                         f"{_error_kind(err)}: {err}" if failed else None)
 
     def _finish(self) -> None:
         if self._done or not self._sweep_dir:
@@ -78,3 +78,12 @@ class SweepReport(Callback):
         text = rep.markdown()
         sys.stdout.write(f"\n{text}\nwritten: {md}, {csv}\n")
         sys.stdout.flush()
+
+
+def _error_kind(err: BaseException | None) -> str:
+    """The name a job's error is reported under: a user error (a FodlError, also the sweep's
+    traceback-free ``SweepFodlError`` wrapper of one) is a ``FodlError``; anything else keeps its
+    own class name."""
+    from fodl.errors import FodlError
+
+    return "FodlError" if isinstance(err, FodlError) else type(err).__name__
