@@ -318,3 +318,105 @@ def test_benchmark_compare_counts_tokens(tmp_path):
     dm.setup()
     first3 = list(dm.benchmark_loader(torch.device("cpu")))[:3]
     assert r["steps"] == 3 and r["tokens"] == sum(int(b[1].sum()) for b in first3)
+
+
+# -- the options beyond the book (issue 27) ----------------------------------------------------
+def _reviews(n=9, vocab=50, longest=23, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(1, longest + 1, (n,), generator=g)
+    lengths[0] = longest
+    tokens = torch.randint(2, vocab, (n, longest), generator=g) * (torch.arange(longest) < lengths.unsqueeze(1))
+    return tokens, lengths, torch.randint(0, 2, (n,), generator=g)
+
+
+@pytest.mark.parametrize("bidirectional,pooling,bigrams", [(False, "max", 0), (True, "maxmean", 0),
+                                                           (False, "mean", 31)])
+def test_bucketed_and_packed_batches_give_the_padded_loss(bidirectional, pooling, bigrams):
+    torch.manual_seed(0)
+    tokens, lengths, y = _reviews()
+    padded = torch.cat([tokens, torch.zeros(len(y), 477, dtype=tokens.dtype)], 1)  # the book's 500
+    for pack in (False, True):
+        net = LSTMClassifierNet(50, 8, 8, bidirectional=bidirectional, pack=pack, pooling=pooling,
+                                bigram_buckets=bigrams).eval()
+        ref = torch.nn.functional.cross_entropy(net(padded, lengths), y, reduction="sum")
+        loader = LengthBucketLoader((tokens, lengths, y), 4, bucket_batches=2, shuffle=True, seed=1)
+        batches = list(loader)
+        assert len(batches) == 3 and any(b[0].shape[1] < tokens.shape[1] for b in batches)
+        total = sum(torch.nn.functional.cross_entropy(net(t, n), lab, reduction="sum") for t, n, lab in batches)
+        assert torch.allclose(total, ref, atol=1e-5)
+        # the check can fail: the padding read as words changes the logits
+        assert not torch.allclose(net(padded, torch.full_like(lengths, 500)), net(padded, lengths), atol=1e-4)
+
+
+def test_bidirectional_and_maxmean_widen_the_features():
+    tokens, lengths, _ = _reviews(4)
+    widths = {}
+    for bi in (False, True):
+        for pooling in LSTMClassifierNet.POOLINGS:
+            net = LSTMClassifierNet(50, 6, 10, bidirectional=bi, pooling=pooling).eval()
+            widths[bi, pooling] = net.features(tokens, lengths).shape
+            assert net.fc.in_features == widths[bi, pooling][1]
+    assert widths[False, "max"] == widths[False, "mean"] == (4, 10)
+    assert widths[True, "max"] == widths[False, "maxmean"] == (4, 20) and widths[True, "maxmean"] == (4, 40)
+    with pytest.raises(ValueError, match="pooling"):
+        LSTMClassifierNet(50, 6, 10, pooling="attention")
+
+
+def test_pooling_modes_pool_only_the_real_steps():
+    torch.manual_seed(0)
+    tokens, lengths, _ = _reviews(5)
+    nets = {p: LSTMClassifierNet(50, 6, 7, pooling=p).eval() for p in LSTMClassifierNet.POOLINGS}
+    for p in ("mean", "maxmean"):
+        nets[p].load_state_dict({k: v for k, v in nets["max"].state_dict().items() if not k.startswith("fc.")},
+                                strict=False)
+    feats = {p: net.features(tokens, lengths) for p, net in nets.items()}
+    for i, n in enumerate(lengths.tolist()):  # each review alone, no padding at all
+        out, _ = nets["max"].lstm(nets["max"].embed(tokens[i : i + 1, :n]))
+        assert torch.allclose(feats["max"][i], out[0].amax(0), atol=1e-6)
+        assert torch.allclose(feats["mean"][i], out[0].mean(0), atol=1e-6)
+    assert torch.equal(feats["maxmean"], torch.cat([feats["max"], feats["mean"]], 1))
+
+
+def test_word_dropout_only_in_training():
+    torch.manual_seed(0)
+    tokens = torch.randint(2, 50, (8, 200))
+    lengths = torch.full((8,), 200)
+    net = LSTMClassifierNet(50, 6, 7, dropout=0.0, word_dropout=0.5)
+    plain = LSTMClassifierNet(50, 6, 7, dropout=0.0)
+    plain.load_state_dict(net.state_dict())
+    x = net.inputs(tokens)  # training mode: about half the token vectors are zero
+    dropped = (x == 0).all(-1).float().mean().item()
+    assert 0.4 < dropped < 0.6 and not torch.equal(net(tokens, lengths), net(tokens, lengths))
+    kept = (x != 0).any(-1)
+    assert torch.equal(x[kept], plain.embed(tokens)[kept])  # the kept ones are not rescaled
+    net.eval(), plain.eval()
+    assert (net.inputs(tokens) != 0).all(-1).all()
+    assert torch.equal(net(tokens, lengths), plain(tokens, lengths))  # evaluation: no word dropped
+    with pytest.raises(ValueError, match="word_dropout"):
+        LSTMClassifierNet(50, 6, 7, word_dropout=1.0)
+
+
+def test_bigram_inputs_see_the_previous_word():
+    torch.manual_seed(0)
+    a = torch.tensor([[5, 7, 9, 11]])
+    b = torch.tensor([[6, 7, 9, 11]])  # only the first word differs
+    for buckets in (0, 101):
+        net = LSTMClassifierNet(50, 6, 7, bigram_buckets=buckets).eval()
+        xa, xb = net.inputs(a), net.inputs(b)
+        assert torch.equal(xa[0, 2:], xb[0, 2:])  # steps 2, 3 see the same two words
+        assert torch.equal(xa[0, 1], xb[0, 1]) == (buckets == 0)  # step 1 sees (w0, w1)
+
+
+def test_bench_sentiment_on_a_tiny_tree(trained, monkeypatch, capsys):
+    metrics, ckpt, data = trained
+    bench = runpy.run_path(str(ROOT / "scripts" / "bench_sentiment.py"))
+    monkeypatch.setattr(sys, "argv", ["bench_sentiment.py", "--data-dir", str(data), "--val-size", "40",
+                                      "--ckpt", str(ckpt)])
+    assert bench["main"]() == 0
+    rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
+    assert len(rows) == 2 and "LogisticRegression(C=4)" in rows[0][0] and "200 training reviews" in rows[0][0]
+    linear, lstm = (float(r[1].rstrip("%")) for r in rows)
+    assert linear > 90.0  # the tiny reviews are separable by their words
+    assert lstm == pytest.approx(100 * metrics["test/acc"], abs=0.01)  # the same test set, same model
+    monkeypatch.setattr(sys, "argv", ["bench_sentiment.py", "--data-dir", str(data / "nothing")])
+    assert bench["main"]() == 2 and "No IMDB data" in capsys.readouterr().err

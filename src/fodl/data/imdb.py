@@ -257,6 +257,8 @@ class IMDBDataModule(InMemoryDataModule):
 
         self.splits = {"train": take(train), "val": take(val) if self.val_size else take(test),
                        "test": take(test)}
+        self._raw = raw
+        self.split_index = {"train": train, "val": val if self.val_size else test, "test": test}
         self.train_tokens = int(self.splits["train"][1].sum())
         n = {k: len(v[2]) for k, v in self.splits.items()}
         log.info("IMDB %s: %s reviews; vocabulary %d (max_size=%s) of %d training word types; "
@@ -265,6 +267,23 @@ class IMDBDataModule(InMemoryDataModule):
                  self.max_len, 100 * float((raw["lengths"] > self.max_len).float().mean()),
                  100 * float((self.splits["test"][0] == self.vocab.unk_id).sum()) /
                  max(int(self.splits["test"][1].sum()), 1))
+
+    def reviews(self) -> dict[str, tuple[list[list[str]], torch.Tensor]]:
+        """Each split's reviews as ``(token lists, labels)``: the same reviews as
+        :attr:`splits`, tokenised the same way, but whole (no cut to ``max_len``) and with every
+        word (no vocabulary): what a bag-of-n-grams baseline reads
+        (``scripts/bench_sentiment.py``)."""
+        self.setup()
+        raw = self._raw
+        words, ids, lengths = raw["words"], raw["ids"].tolist(), raw["lengths"].tolist()
+        starts = [0] * len(lengths)
+        for i in range(1, len(lengths)):
+            starts[i] = starts[i - 1] + lengths[i - 1]
+        out = {}
+        for name, idx in self.split_index.items():
+            seqs = [[words[w] for w in ids[starts[j] : starts[j] + lengths[j]]] for j in idx.tolist()]
+            out[name] = (seqs, raw["labels"][idx])
+        return out
 
     # -- loaders -------------------------------------------------------------------------
     @staticmethod

@@ -95,6 +95,26 @@ class TextClassifierModule(ClassifierModule):
         return p
 
 
+@torch.no_grad()
+def accuracy_on(model: TextClassifierModule, reviews: list[list[str]], labels: torch.Tensor,
+                batch_size: int = 256) -> float:
+    """Accuracy of a trained classifier on token lists (tokenised as its training data was,
+    e.g. :meth:`fodl.data.imdb.IMDBDataModule.reviews`): each cut to the checkpoint's
+    ``max_len``, numericalised with its vocabulary, classified in length-sorted batches."""
+    max_len = model.text_settings.get("max_len")
+    order = sorted(range(len(reviews)), key=lambda i: -len(reviews[i]))
+    was = model.net.training
+    model.net.eval()
+    correct = 0
+    for k in range(0, len(order), batch_size):
+        sel = order[k : k + batch_size]
+        tokens, lengths = model.vocab.encode_batch([reviews[i] or [""] for i in sel], max_len)
+        pred = model.net(tokens.to(model.device), lengths.to(model.device)).argmax(-1).cpu()
+        correct += int((pred == labels[sel]).sum())
+    model.net.train(was)
+    return correct / max(len(reviews), 1)
+
+
 def load_text_classifier(path: str) -> TextClassifierModule:
     """A trained :class:`TextClassifierModule` with its vocabulary, from a checkpoint alone."""
     from fodl.checkpoint import load_trained

@@ -1,11 +1,18 @@
 """The sentiment LSTM of book chapter 7: embedding -> LSTM with dropout -> max over time -> logits.
 
 ``forward(tokens, lengths)``: ``tokens`` ``(B, T)`` word ids padded at the end, ``lengths``
-``(B,)`` the real lengths. Padding never reaches the max-pool: the LSTM's outputs at padded
-positions are replaced by ``-inf`` before the max over time (a forward LSTM's outputs at the
-real positions do not depend on what follows them); a bidirectional LSTM, whose backward
-direction would read the padding first, runs on packed sequences (``pack=true`` forces
-packing for a forward LSTM too).
+``(B,)`` the real lengths. Padding never reaches the pooling: the LSTM's outputs at padded
+positions are replaced by ``-inf`` before the max over time and by 0 in the mean (a forward
+LSTM's outputs at the real positions do not depend on what follows them); a bidirectional
+LSTM, whose backward direction would read the padding first, runs on packed sequences
+(``pack=true`` forces packing for a forward LSTM too).
+
+Options beyond the book (each off by default, so the defaults are the book's net):
+``pooling`` over time (``max``, the book; ``mean``; ``maxmean``: both, concatenated, twice the
+features), ``word_dropout`` (training only: each token's input vector is zeroed with that
+probability, so the net cannot lean on a few words), ``bigram_buckets`` (bigram-aware inputs:
+the input at step t adds an embedding of the hashed word pair ``(w[t-1], w[t])``, ``w[-1]`` =
+padding; its own rows, so the LSTM sees each word with its left neighbour).
 
 ``output=book`` is the book's code: ``sigmoid(batch_norm(W h + b))`` feeds the softmax;
 ``output=linear`` (default): plain logits.
@@ -33,20 +40,32 @@ class LSTMClassifierNet(nn.Module):
         pack: run packed sequences even for a forward LSTM (same result, less compute on
             padding, more overhead per batch).
         pad_id: the padding id (its embedding row stays zero).
+        pooling: ``max`` (book), ``mean`` or ``maxmean`` over the real time steps.
+        word_dropout: probability of zeroing a token's input vector in training (0: off).
+        bigram_buckets: rows of the hashed-bigram embedding (0: no bigram inputs).
     """
+
+    POOLINGS = ("max", "mean", "maxmean")
 
     def __init__(self, vocab_size: int = 30000, embedding_dim: int = 512, hidden_size: int = 512,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.5,
                  num_classes: int = 2, output: str = "linear", pack: bool = False,
-                 pad_id: int = 0) -> None:
+                 pad_id: int = 0, pooling: str = "max", word_dropout: float = 0.0,
+                 bigram_buckets: int = 0) -> None:
         super().__init__()
         if output not in ("linear", "book"):
             raise ValueError(f"output must be linear or book, got {output!r}")
+        if pooling not in self.POOLINGS:
+            raise ValueError(f"pooling must be one of {', '.join(self.POOLINGS)}, got {pooling!r}")
+        if not 0.0 <= word_dropout < 1.0:
+            raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+        self.pooling, self.word_dropout, self.pad_id = pooling, float(word_dropout), pad_id
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
+        self.bigram_embed = nn.Embedding(bigram_buckets, embedding_dim) if bigram_buckets else None
         self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
         self.drop = nn.Dropout(dropout)
-        width = hidden_size * (2 if bidirectional else 1)
+        width = hidden_size * (2 if bidirectional else 1) * (2 if pooling == "maxmean" else 1)
         self.fc = nn.Linear(width, num_classes)
         self.bn = nn.BatchNorm1d(num_classes, eps=1e-3, momentum=0.1) if output == "book" else None
         self.pack = pack or bidirectional
@@ -59,6 +78,8 @@ class LSTMClassifierNet(nn.Module):
             self.embed.weight.normal_(0.0, math.sqrt(1.0 / self.embed.num_embeddings))
             if self.embed.padding_idx is not None:
                 self.embed.weight[self.embed.padding_idx].zero_()
+            if self.bigram_embed is not None:
+                self.bigram_embed.weight.normal_(0.0, math.sqrt(1.0 / self.embed.num_embeddings))
             nn.init.normal_(self.fc.weight, 0.0, math.sqrt(1.0 / self.fc.in_features))
             nn.init.zeros_(self.fc.bias)
             h = self.lstm.hidden_size
@@ -69,10 +90,22 @@ class LSTMClassifierNet(nn.Module):
                 elif name.startswith("bias_hh"):
                     p.zero_()
 
+    def inputs(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``(B, T, embedding_dim)``: word (+ hashed bigram) embeddings, word dropout in training."""
+        emb = self.embed(tokens)
+        if self.bigram_embed is not None:
+            prev = torch.nn.functional.pad(tokens[:, :-1], (1, 0), value=self.pad_id).long()
+            emb = emb + self.bigram_embed((prev * 1_000_003 + tokens.long()) % self.bigram_embed.num_embeddings)
+        if self.training and self.word_dropout > 0:
+            keep = torch.rand(tokens.shape, device=tokens.device) >= self.word_dropout
+            emb = emb * keep.unsqueeze(-1).to(emb.dtype)
+        return emb
+
     def features(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """``(B, hidden)``: the max over the real time steps of the LSTM's outputs."""
+        """``(B, features)``: the pooling (max / mean / both) over the real time steps of the
+        LSTM's outputs."""
         width = tokens.shape[1]
-        emb = self.drop(self.embed(tokens))
+        emb = self.drop(self.inputs(tokens))
         if self.pack and bool((lengths < width).any()):
             packed = pack_padded_sequence(emb, lengths.cpu().clamp_min(1), batch_first=True,
                                           enforce_sorted=False)
@@ -81,8 +114,14 @@ class LSTMClassifierNet(nn.Module):
         else:
             out, _ = self.lstm(emb)
         out = self.drop(out)
-        real = torch.arange(width, device=tokens.device).unsqueeze(0) < lengths.to(tokens.device).unsqueeze(1)
-        return out.masked_fill(~real.unsqueeze(-1), float("-inf")).amax(1)
+        lengths = lengths.to(tokens.device)
+        real = (torch.arange(width, device=tokens.device).unsqueeze(0) < lengths.unsqueeze(1)).unsqueeze(-1)
+        pooled = []
+        if self.pooling in ("max", "maxmean"):
+            pooled.append(out.masked_fill(~real, float("-inf")).amax(1))
+        if self.pooling in ("mean", "maxmean"):
+            pooled.append(out.masked_fill(~real, 0.0).sum(1) / lengths.clamp_min(1).unsqueeze(1).to(out.dtype))
+        return pooled[0] if len(pooled) == 1 else torch.cat(pooled, 1)
 
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         logits = self.fc(self.features(tokens, lengths))
