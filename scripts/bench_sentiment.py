@@ -59,9 +59,12 @@ def main() -> int:
     ap.add_argument("--split-seed", type=int, default=0, help="as data.split_seed of the fodl run")
     ap.add_argument("--full-train", action="store_true", help="fit the linear model on all 25,000")
     ap.add_argument("--C", type=float, default=4.0, help="inverse L2 strength (default 4)")
+    ap.add_argument("--no-linear", action="store_true", help="only score --ckpt (no linear model)")
     ap.add_argument("--min-df", type=int, default=2)
     ap.add_argument("--max-features", type=int, default=300_000)
     args = ap.parse_args()
+    if args.no_linear and not args.ckpt:
+        raise FodlError("scripts/bench_sentiment.py --no-linear leaves nothing to score: give --ckpt.")
     from fodl.data.imdb import IMDBDataModule
 
     model, settings = None, {"tokenizer": "words", "lowercase": True}
@@ -76,10 +79,11 @@ def main() -> int:
     reviews = dm.reviews()
     train, test = reviews["train"], reviews["test"]
     rows = []
-    r = linear_baseline(train, test, args.C, args.min_df, args.max_features)
-    rows.append((f"TF-IDF 1-2 grams ({r['features']:,} features, min_df {args.min_df}, sublinear tf) + "
-                 f"LogisticRegression(C={args.C:g}), {len(train[0]):,} training reviews",
-                 r["acc"], f"{r['fit_s']:.1f} s fit, {r['wall_s']:.1f} s with the test"))
+    if not args.no_linear:
+        r = linear_baseline(train, test, args.C, args.min_df, args.max_features)
+        rows.append((f"TF-IDF 1-2 grams ({r['features']:,} features, min_df {args.min_df}, sublinear tf) + "
+                     f"LogisticRegression(C={args.C:g}), {len(train[0]):,} training reviews",
+                     r["acc"], f"{r['fit_s']:.1f} s fit, {r['wall_s']:.1f} s with the test"))
     if model is not None:
         from fodl.models.sentiment import accuracy_on
 

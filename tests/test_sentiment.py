@@ -77,7 +77,8 @@ def _one_thread():
 
 SMALL = ["model=lstm_sentiment", "model.net.embedding_dim=16", "model.net.hidden_size=16",
          "model.net.dropout=0.1", "data.max_size=100", "data.val_size=40", "data.batch_size=16",
-         "data.eval_batch_size=64", "data.max_len=40", "data.bucket_batches=4", "optimizer.lr=0.02"]
+         "data.eval_batch_size=64", "data.max_len=40", "data.bucket_batches=4", "optimizer.lr=0.02",
+         "model.net.bigram_buckets=1024"]
 
 
 # -- readers -------------------------------------------------------------------------------
@@ -304,6 +305,9 @@ def test_experiments_run(tmp_path, experiment):
     if experiment.startswith("book"):
         assert cfg.model.net.output == "book" and cfg.data.max_len == 500 and cfg.data.batch_size == 32
         assert cfg.model.net.dropout == 0.5 and cfg.optimizer.lr == 0.001
+        net = cfg.model.net  # the book's net, whatever model=lstm_sentiment defaults to
+        assert (net.bidirectional, net.pooling, net.bigram_buckets, net.word_dropout) == (False, "max", 0, 0.0)
+        assert cfg.scheduler == {} or cfg.scheduler is None or "_target_" not in cfg.scheduler
 
 
 def test_benchmark_compare_counts_tokens(tmp_path):
