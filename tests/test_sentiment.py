@@ -218,7 +218,7 @@ def test_net_shapes_and_book_init():
     assert abs(net.embed.weight[1:].std().item() - (1 / 30000) ** 0.5) < 1e-3
     assert (net.embed.weight[0] == 0).all()
     b = LSTMClassifierNet(10, 4, 4, output="book", bidirectional=True)
-    assert b.bn is not None and b.pack and b(torch.ones(2, 3, dtype=torch.long), torch.tensor([3, 1])).shape == (2, 2)
+    assert b.bn is not None and not b.pack and b(torch.ones(2, 3, dtype=torch.long), torch.tensor([3, 1])).shape == (2, 2)
 
 
 # -- training, checkpoint, CLI ------------------------------------------------------------------
@@ -350,6 +350,20 @@ def test_bucketed_and_packed_batches_give_the_padded_loss(bidirectional, pooling
         assert torch.allclose(total, ref, atol=1e-5)
         # the check can fail: the padding read as words changes the logits
         assert not torch.allclose(net(padded, torch.full_like(lengths, 500)), net(padded, lengths), atol=1e-4)
+
+
+@pytest.mark.parametrize("layers", [1, 2])
+def test_bidirectional_in_place_reversal_equals_packed_sequences(layers):
+    torch.manual_seed(0)
+    tokens, lengths, _ = _reviews(6)
+    packed = LSTMClassifierNet(50, 6, 7, num_layers=layers, bidirectional=True, pack=True).eval()
+    fast = LSTMClassifierNet(50, 6, 7, num_layers=layers, bidirectional=True).eval()
+    fast.load_state_dict(packed.state_dict())  # the same parameters, nn.LSTM's layout
+    assert torch.allclose(fast.features(tokens, lengths), packed.features(tokens, lengths), atol=1e-6)
+    # and so is each review alone (no padding: nn.LSTM's own bidirectional pass)
+    alone = torch.cat([fast.features(tokens[i : i + 1, :n], lengths[i : i + 1])
+                       for i, n in enumerate(lengths.tolist())])
+    assert torch.allclose(fast.features(tokens, lengths), alone, atol=1e-6)
 
 
 def test_bidirectional_and_maxmean_widen_the_features():
