@@ -295,10 +295,12 @@ def test_real_imdb_archive_counts():
     assert counts == {("train", 0): 12500, ("train", 1): 12500, ("test", 0): 12500, ("test", 1): 12500}
 
 
-@pytest.mark.parametrize("experiment", ["book/ch7_lstm_sentiment", "fast/lstm_sentiment"])
+@pytest.mark.parametrize("experiment", ["book/ch7_lstm_sentiment", "fast/lstm_sentiment",
+                                        "fast/lstm_sentiment_gpu"])
 def test_experiments_run(tmp_path, experiment):
     make_aclimdb(tmp_path / "data" / "imdb")
-    cfg = compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, f"experiment={experiment}",
+    cpu = ["trainer.accelerator=cpu"] if experiment.endswith("_gpu") else []
+    cfg = compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, f"experiment={experiment}", *cpu,
                          "model.net.embedding_dim=8", "model.net.hidden_size=8", "data.max_size=100",
                          "data.val_size=20", "+trainer.fast_dev_run=true"], tmp_path / "run")
     assert "test/acc" in train(cfg)
