@@ -55,6 +55,7 @@ from fodl.models.skipgram import LOSSES as _SKIPGRAM_LOSSES
 from fodl.nets.autoencoder import BOOK_INIT as _AE_BOOK_INIT
 from fodl.nets.dnc import CONTROLLERS as _CONTROLLERS
 from fodl.nets.init import INITS as _INITS
+from fodl.nets.lstm import POOLINGS as _POOLINGS
 from fodl.nets.seq2seq import ATTENTIONS as _ATTENTIONS
 from fodl.nets.skipgram import INITS as _SKIPGRAM_INITS
 from fodl.rl.envs import VECTORIZATIONS as _VECTORIZATIONS
@@ -386,7 +387,8 @@ RULES: dict[str, dict[str, Rule]] = {
     "fodl.nets.lstm.LSTMClassifierNet": {
         "vocab_size": POSITIVE_INT, "embedding_dim": POSITIVE_INT, "hidden_size": POSITIVE_INT,
         "num_layers": POSITIVE_INT, "dropout": FRACTION, "num_classes": Number(integer=True, min=2),
-        "output": Choice("linear", "book"),
+        "output": Choice("linear", "book"), "pooling": Choice(*_POOLINGS),
+        "word_dropout": FRACTION, "bigram_buckets": _NONNEG_INT,
     },
     "fodl.data.imdb.IMDBDataModule": {
         "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),

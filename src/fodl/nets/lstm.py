@@ -28,6 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+POOLINGS = ("max", "mean", "maxmean")
+
 
 class LSTMClassifierNet(nn.Module):
     """Args:
@@ -47,7 +49,7 @@ class LSTMClassifierNet(nn.Module):
         bigram_buckets: rows of the hashed-bigram embedding (0: no bigram inputs).
     """
 
-    POOLINGS = ("max", "mean", "maxmean")
+    POOLINGS = POOLINGS
 
     def __init__(self, vocab_size: int = 30000, embedding_dim: int = 512, hidden_size: int = 512,
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.5,
