@@ -152,7 +152,11 @@ def headline_table(rows: list[Row], link_prefix: str = "docs/") -> str:
         e = row.entry
         if not e.headline:
             continue
-        shown = "; ".join(f"{m.label} {row.show(m)}" for m in e.metrics)
+        if row.finished:
+            shown = "; ".join(f"{m.label} {row.show(m)}" for m in e.metrics)
+        else:
+            shown = (f"{'failed' if row.failed else 'not run'}: "
+                     f"`python scripts/reproduce.py --only {e.id}`")
         out.append("| " + " | ".join(_esc(x) for x in [
             f"[`{e.model}`]({link_prefix}{e.page}.md)", e.section, e.what, shown, e.book or "—",
             _anchors(e)]) + " |")

@@ -24,8 +24,16 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from fodl.results.registry import Entry
-from fodl.results.runs import (REPO, git_commit, hardware, inspect, last_checkpoint, last_error,
-                               run_dir, write_record)
+from fodl.results.runs import (
+    REPO,
+    git_commit,
+    hardware,
+    inspect,
+    last_checkpoint,
+    last_error,
+    run_dir,
+    write_record,
+)
 
 TRAIN = REPO / "scripts" / "train.py"
 LOG = "reproduce.log"
@@ -101,8 +109,9 @@ def run_one(job: Job, smoke: bool = False) -> Outcome:
               "command": job.entry.command(job.seed), "status": "running",
               "attempts": int(old.get("attempts", 0)) + 1, "commit": git_commit(),
               "hardware": hardware(job.entry.device), "smoke": smoke,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
-    previous_wall = float(old.get("wall_s", 0.0)) if job.resume else 0.0
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "started_at": time.time()}
+    previous_wall = _previous_wall(old, d) if job.resume else 0.0
+    record["wall_before"] = round(previous_wall, 1)
     write_record(d, record)
     t0 = time.monotonic()
     with open(d / LOG, "a") as log:
@@ -120,6 +129,19 @@ def run_one(job: Job, smoke: bool = False) -> Outcome:
                   finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_record(d, record)
     return Outcome(job, ok, wall, error)
+
+
+def _previous_wall(old: dict, d: Path) -> float:
+    """Wall time already spent on the work a resumed run keeps: the recorded time of attempts
+    that ended, or, for one that was killed (no time recorded), the time from its start to its
+    newest ``last.ckpt``."""
+    if old.get("wall_s") is not None:
+        return float(old["wall_s"])
+    before = float(old.get("wall_before", 0.0))
+    ckpt = last_checkpoint(d)
+    if ckpt is not None and old.get("started_at"):
+        before += max(0.0, ckpt.stat().st_mtime - float(old["started_at"]))
+    return before
 
 
 def _fmt_minutes(m: float) -> str:
