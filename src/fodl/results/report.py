@@ -133,10 +133,13 @@ def results_markdown(reg: Registry, rows: list[Row], root: str | Path) -> str:
                   "|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in (r for r in rows if r.entry.chapter == ch):
             e = row.entry
-            for m, value in _metric_rows(row):
+            for i, (m, value) in enumerate(_metric_rows(row)):
+                first = i == 0  # a further metric of the same runs: only its own cells
                 lines.append("| " + " | ".join(_esc(x) for x in [
-                    e.model, e.id, e.what, m.label if m else "—", value, e.book or "—", _anchors(e),
-                    row.hardware, row.wall, row.commit]) + f" | {_cmd(e)} |")
+                    e.model, e.id, e.what if first else "", m.label if m else "—", value,
+                    (e.book or "—") if first else "", _anchors(e) if first else "",
+                    row.hardware if first else "", row.wall if first else "",
+                    row.commit if first else ""]) + (f" | {_cmd(e)} |" if first else " | |"))
         failed = [(row, r) for row in rows if row.entry.chapter == ch for r in row.failed]
         if failed:
             lines += ["", "Failed runs (the next `scripts/reproduce.py` run tries them again):", ""]
@@ -168,9 +171,11 @@ def page_table(rows: Iterable[Row]) -> str:
            "|---|---|---|---|---|---|"]
     for row in rows:
         e = row.entry
-        for m, value in _metric_rows(row):
+        for i, (m, value) in enumerate(_metric_rows(row)):
+            first = i == 0
             out.append("| " + " | ".join(_esc(x) for x in [
-                e.what, m.label if m else "—", value, e.book or "—", _anchors(e)]) + f" | {_cmd(e)} |")
+                e.what if first else "", m.label if m else "—", value, (e.book or "—") if first else "",
+                _anchors(e) if first else ""]) + (f" | {_cmd(e)} |" if first else " | |"))
     out.append("")
     out.append("Hardware, wall time per run and commit of each row: [results.md](results.md).")
     return "\n".join(out)
