@@ -137,7 +137,7 @@ def test_report_mean_std_n_missing_and_failed_rows(tmp_path):
     report.write(reg, root, docs, readme)
     md = (docs / "results.md").read_text()
     row_a = next(ln for ln in md.splitlines() if ln.startswith("| logreg | a |"))
-    assert "92.00% ± 2.00% (n=3)" in row_a          # mean and sample std of 90/92/94
+    assert "92.00% ± 2.00% (n=3) | 0: 90.00%, 1: 92.00%, 2: 94.00% |" in row_a  # mean, sample std, seeds
     assert "91.94%" in row_a and "ref: 90%" in row_a and "Test CPU, 2 threads" in row_a
     assert "2.0 min (range 1.0-3.0)" in row_a and "abc1234" in row_a
     assert "`python scripts/train.py -m model=logreg seed=0,1,2`" in row_a

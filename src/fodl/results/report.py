@@ -60,6 +60,11 @@ class Row:
             text += f" ± {metric.show(s.std)}"
         return f"{text} (n={s.n})"
 
+    def per_seed(self, metric: Metric) -> str:
+        """``seed: value`` for every finished seed, so a spread can be read run by run."""
+        return ", ".join(f"{r.seed}: {metric.show(r.metrics[metric.key])}" for r in self.finished
+                         if metric.key in r.metrics) or "—"
+
     def _unique(self, key: str) -> str:
         vals = []
         for r in self.finished:
@@ -129,15 +134,15 @@ def results_markdown(reg: Registry, rows: list[Row], root: str | Path) -> str:
     ]
     for ch in sorted({r.entry.chapter for r in rows}):
         lines += ["", f"## Chapter {ch}", "",
-                  "| model | id | setup | metric | fodl | book | anchor | hardware | wall time / run | commit | command |",
-                  "|---|---|---|---|---|---|---|---|---|---|---|"]
+                  "| model | id | setup | metric | fodl | per seed | book | anchor | hardware | wall time / run | commit | command |",
+                  "|---|---|---|---|---|---|---|---|---|---|---|---|"]
         for row in (r for r in rows if r.entry.chapter == ch):
             e = row.entry
             for i, (m, value) in enumerate(_metric_rows(row)):
                 first = i == 0  # a further metric of the same runs: only its own cells
                 lines.append("| " + " | ".join(_esc(x) for x in [
                     e.model, e.id, e.what if first else "", m.label if m else "—", value,
-                    (e.book or "—") if first else "", _anchors(e) if first else "",
+                    row.per_seed(m) if m else "—", (e.book or "—") if first else "", _anchors(e) if first else "",
                     row.hardware if first else "", row.wall if first else "",
                     row.commit if first else ""]) + (f" | {_cmd(e)} |" if first else " | |"))
         failed = [(row, r) for row in rows if row.entry.chapter == ch for r in row.failed]

@@ -120,7 +120,7 @@ def hardware(device: str) -> str:
     """``<CPU model>, <threads> threads`` (``OMP_NUM_THREADS`` when set, else the CPU count), and
     the GPU's name for a gpu run."""
     threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or "?")
-    text = f"{cpu_model()}, {threads} threads"
+    text = f"{cpu_model()}, {threads} thread{'' if threads == '1' else 's'}"
     if device == "gpu":
         text = f"{gpu_name() or 'GPU (name unknown)'}; host {text}"
     return text
