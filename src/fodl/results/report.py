@@ -75,7 +75,7 @@ class Row:
 
     @property
     def hardware(self) -> str:
-        return self._unique("hardware")
+        return self._unique("hardware").replace(", 1 threads", ", 1 thread")  # older records
 
     @property
     def commit(self) -> str:
