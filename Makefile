@@ -27,11 +27,8 @@ lint: install
 benchmark: install      ## fodl vs a plain PyTorch loop, same process, same data
 	$(PY) scripts/benchmark.py $(ARGS)
 
-reproduce: install      ## the book's chapter 3-4 experiments with the book's hyperparameters
-	$(PY) scripts/train.py experiment=book/ch3_logreg
-	$(PY) scripts/train.py experiment=book/ch3_mnist_mlp
-	$(PY) scripts/train.py experiment=book/ch4_optimizers
-	$(PY) scripts/plot_optimizers.py
+reproduce: install      ## results: run what is missing of every CPU registry entry of <= 10 min a seed, write docs/results.md (ARGS="--chapter 6", "--only <id>", "--gpu", "--report")
+	$(PY) scripts/reproduce.py --cpu-minutes 10 $(ARGS)
 
 tensorboard: install
 	$(VENV)/bin/tensorboard --logdir outputs/

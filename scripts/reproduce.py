@@ -1,0 +1,93 @@
+#!/usr/bin/env python
+"""Make the registry's runs that are missing and write docs/results.md from them.
+
+    python scripts/reproduce.py --cpu-minutes 10          # every CPU entry of <= 10 min a seed
+    python scripts/reproduce.py --chapter 6               # chapter 6's CPU entries
+    python scripts/reproduce.py --only ch3_logreg         # one entry (repeat --only for more)
+    python scripts/reproduce.py --gpu --cpu-minutes 0     # only the GPU entries (needs a GPU)
+    python scripts/reproduce.py --list                    # what is selected, and its state
+    python scripts/reproduce.py --report                  # only rewrite docs/results.md
+    python scripts/reproduce.py --smoke --only ch3_mnist_mlp_fast   # a few batches each
+
+Registry: conf/reproduce.yaml. Runs: outputs/reproduce/<id>/seed<k>/ (resumable: finished
+runs are skipped, interrupted ones continue from their last.ckpt). Exit status 1 when a run
+failed (the others still ran), 2 for bad options.
+"""
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from fodl.errors import FodlError, reports_errors
+from fodl.results import registry, report, runner
+from fodl.results.runs import REPO, inspect
+
+
+@reports_errors
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", action="append", default=[], metavar="ID",
+                    help="an entry id (repeat, or comma-separate, for more)")
+    ap.add_argument("--chapter", action="append", type=int, default=[], help="a book chapter (repeatable)")
+    ap.add_argument("--cpu-minutes", type=float, default=None,
+                    help="CPU entries estimated at most this many minutes a seed (default: all)")
+    ap.add_argument("--gpu", action="store_true", help="include the GPU entries (needs a GPU)")
+    ap.add_argument("--jobs", type=int, default=1, help="runs at a time (default 1)")
+    ap.add_argument("--smoke", action="store_true",
+                    help="each selected entry's first seed for a few batches (outputs/reproduce-smoke/)")
+    ap.add_argument("--report", action="store_true", help="only write docs/results.md from the runs")
+    ap.add_argument("--list", action="store_true", help="list the selected entries and their runs")
+    ap.add_argument("--registry", default=str(registry.REGISTRY))
+    ap.add_argument("--out", default=os.path.join(os.environ.get("FODL_ROOT", "."), "outputs", "reproduce"),
+                    help="where the runs live (default outputs/reproduce)")
+    ap.add_argument("--docs", default=str(REPO / "docs"), help="where results.md is written")
+    ap.add_argument("--readme", default=str(REPO / "README.md"),
+                    help="README whose headline table is rewritten ('' for none)")
+    args = ap.parse_args(argv)
+    if args.jobs < 1:
+        raise FodlError(f"--jobs {args.jobs}: give 1 or more runs at a time.")
+
+    reg = registry.load(args.registry)
+    only = [i for o in args.only for i in o.split(",") if i]
+    out = Path(args.out)
+
+    def write_report() -> None:
+        if args.smoke:
+            return
+        for p in report.write(reg, out, args.docs, args.readme or None):
+            print(f"wrote {p}")
+
+    if args.report:
+        write_report()
+        return 0
+    entries = registry.select(reg, only, args.chapter, args.cpu_minutes, args.gpu)
+    if not entries:
+        raise FodlError("No registry entry matches these options (GPU entries need --gpu; "
+                        "--cpu-minutes keeps entries of at most that many minutes a seed). "
+                        "See `python scripts/reproduce.py --list`.")
+    if args.list:
+        for e in entries:
+            states = ", ".join(f"seed {s}: {inspect(out, e, s).state}" for s in e.seeds)
+            cost = f"{e.device} {e.minutes:g} min" if e.minutes else e.device
+            print(f"{e.id:32s} ch{e.chapter} {cost:>12s}  {states}")
+        return 0
+    if args.gpu and any(e.device == "gpu" for e in entries):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise FodlError("--gpu selects GPU entries but no CUDA GPU is visible here. Run on a "
+                            "machine with one, or drop --gpu.")
+    root = out.with_name(out.name + "-smoke") if args.smoke else out
+    jobs, done = runner.plan(entries, root, smoke=args.smoke)
+    outcomes = runner.run_all(jobs, done, smoke=args.smoke, workers=args.jobs)
+    failed = [o for o in outcomes if not o.ok]
+    print(f"{len(outcomes) - len(failed)} run(s) finished, {len(failed)} failed, {done} already there")
+    for o in failed:
+        print(f"  FAILED {o.job.entry.id} seed {o.job.seed}: {o.error} (log: {o.job.path / runner.LOG})")
+    write_report()
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,8 @@
+"""Results you can regenerate: the experiment registry (``conf/reproduce.yaml``), the runner
+that makes its runs (``scripts/reproduce.py``) and the report written from them
+(``docs/results.md``, the chapter pages' tables, the README's headline table).
+
+Layering: this package sits on top, beside :mod:`fodl.analysis`. It starts training runs as
+subprocesses of ``scripts/train.py`` and reads what they leave on disk (``metrics.json`` and
+its own ``reproduce.json``); it imports nothing of :mod:`fodl.models` or :mod:`fodl.nets`.
+"""

@@ -1,0 +1,171 @@
+"""The experiment registry, ``conf/reproduce.yaml``: one entry per reported result (see the
+file's header for the fields). :func:`load` reads and checks it; :func:`select` picks entries
+as ``scripts/reproduce.py``'s options ask."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+import yaml
+
+from fodl.errors import FodlError
+
+REGISTRY = Path(__file__).resolve().parents[3] / "conf" / "reproduce.yaml"
+DEVICES = ("cpu", "gpu")
+_FIELDS = {"id", "chapter", "section", "page", "model", "headline", "what", "overrides", "metrics",
+           "book", "anchors", "seeds", "cost", "runs_as"}
+_METRIC_FIELDS = {"key", "label", "scale", "digits", "unit"}
+
+
+@dataclass(frozen=True)
+class Metric:
+    key: str            # the name in the run's metrics.json, e.g. test/acc
+    label: str
+    scale: float = 1.0  # 100: a fraction shown as a percentage
+    digits: int = 4
+    unit: str = ""
+
+    def show(self, x: float) -> str:
+        return f"{x * self.scale:.{self.digits}f}{self.unit}"
+
+
+@dataclass(frozen=True)
+class Entry:
+    id: str
+    chapter: int
+    section: str
+    page: str
+    model: str
+    what: str
+    overrides: tuple[str, ...]
+    metrics: tuple[Metric, ...]
+    seeds: tuple[int, ...]
+    device: str
+    minutes: float | None
+    book: str | None = None
+    anchors: tuple[dict[str, str], ...] = ()
+    headline: bool = False
+    runs_as: str | None = None  # an analysis command the pipeline does not run (yet)
+
+    @property
+    def automated(self) -> bool:
+        return self.runs_as is None
+
+    def command(self, seed: int | None = None) -> str:
+        """The ``scripts/train.py`` command of one seed (all seeds: ``seed=0,1,2`` with -m)."""
+        if not self.automated:
+            return str(self.runs_as)
+        if seed is None:
+            seeds = ",".join(map(str, self.seeds))
+            return "python scripts/train.py -m " + " ".join([*self.overrides, f"seed={seeds}"])
+        return "python scripts/train.py " + " ".join([*self.overrides, f"seed={seed}"])
+
+
+@dataclass
+class Registry:
+    path: Path
+    entries: list[Entry] = field(default_factory=list)
+
+    def get(self, entry_id: str) -> Entry:
+        for e in self.entries:
+            if e.id == entry_id:
+                return e
+        raise FodlError(f"{entry_id!r} is not an entry of {self.path}. Known ids: "
+                        f"{', '.join(e.id for e in self.entries)}.")
+
+
+def _bad(path: Path, where: str, what: str) -> FodlError:
+    return FodlError(f"{path}: {where}: {what}. Fix the entry (the file's header lists the fields).")
+
+
+def _metric(path: Path, eid: str, m: Any) -> Metric:
+    if not isinstance(m, dict) or "key" not in m or "label" not in m:
+        raise _bad(path, f"entry {eid}", f"metric {m!r} needs at least key and label")
+    unknown = set(m) - _METRIC_FIELDS
+    if unknown:
+        raise _bad(path, f"entry {eid}", f"unknown metric field(s) {', '.join(sorted(unknown))}")
+    return Metric(str(m["key"]), str(m["label"]), float(m.get("scale", 1.0)), int(m.get("digits", 4)),
+                  str(m.get("unit", "")))
+
+
+def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
+    if not isinstance(raw, dict) or "id" not in raw:
+        raise _bad(path, "entries", f"{raw!r} is not an entry with an id")
+    eid = str(raw["id"])
+    unknown = set(raw) - _FIELDS
+    if unknown:
+        raise _bad(path, f"entry {eid}", f"unknown field(s) {', '.join(sorted(unknown))}")
+    for need in ("chapter", "section", "page", "model", "what", "cost"):
+        if need not in raw:
+            raise _bad(path, f"entry {eid}", f"the field {need} is missing")
+    cost = raw["cost"] or {}
+    device = cost.get("device")
+    if device not in DEVICES:
+        raise _bad(path, f"entry {eid}", f"cost.device={device!r}; allowed: cpu or gpu")
+    minutes = cost.get("minutes")
+    if device == "cpu" and not isinstance(minutes, (int, float)):
+        raise _bad(path, f"entry {eid}", "a cpu entry needs cost.minutes (a one-seed estimate)")
+    runs_as = raw.get("runs_as")
+    overrides = tuple(str(o) for o in raw.get("overrides") or ())
+    metrics = tuple(_metric(path, eid, m) for m in raw.get("metrics") or ())
+    if runs_as is None and (not overrides or not metrics):
+        raise _bad(path, f"entry {eid}", "a training entry needs overrides and metrics")
+    for o in overrides:
+        key = o.split("=", 1)[0].lstrip("+")
+        if key in ("seed", "hydra.run.dir", "ckpt_path") or "=" not in o:
+            raise _bad(path, f"entry {eid}", f"override {o!r} is not allowed here (seed, run "
+                       "directory and resume are set by scripts/reproduce.py)")
+    if device == "gpu" and runs_as is None and "trainer=gpu" not in overrides:
+        raise _bad(path, f"entry {eid}", "a gpu entry trains with trainer=gpu among its overrides")
+    seeds = tuple(int(s) for s in (raw.get("seeds") or default_seeds))
+    return Entry(eid, int(raw["chapter"]), str(raw["section"]), str(raw["page"]), str(raw["model"]),
+                 str(raw["what"]), overrides, metrics, seeds, device,
+                 float(minutes) if minutes is not None else None, raw.get("book"),
+                 tuple(raw.get("anchors") or ()), bool(raw.get("headline", False)),
+                 str(runs_as) if runs_as else None)
+
+
+def load(path: str | Path = REGISTRY) -> Registry:
+    """Read and check the registry (unique ids, known fields, a cost per entry)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except OSError as e:
+        raise FodlError(f"Cannot read the experiment registry {path}: {e}.") from None
+    except yaml.YAMLError as e:
+        raise FodlError(f"The experiment registry {path} is not valid YAML: {e}") from None
+    if not isinstance(data, dict) or not isinstance(data.get("entries"), list):
+        raise FodlError(f"{path} has no `entries:` list. See conf/reproduce.yaml's header.")
+    seeds = list((data.get("defaults") or {}).get("seeds") or [0, 1, 2])
+    reg = Registry(path, [_entry(path, e, seeds) for e in data["entries"]])
+    seen: set[str] = set()
+    for e in reg.entries:
+        if e.id in seen:
+            raise _bad(path, f"entry {e.id}", "the id is used twice")
+        seen.add(e.id)
+    return reg
+
+
+def select(reg: Registry, only: Iterable[str] = (), chapters: Iterable[int] = (),
+           cpu_minutes: float | None = None, gpu: bool = False) -> list[Entry]:
+    """The training entries to run: ``only`` ids (all when empty), of ``chapters``; CPU entries
+    estimated at most ``cpu_minutes`` a seed; GPU entries only with ``gpu``."""
+    only, chapters = list(only), set(chapters)
+    for i in only:
+        reg.get(i)  # unknown ids are errors
+    out = []
+    for e in reg.entries:
+        if only and e.id not in only:
+            continue
+        if chapters and e.chapter not in chapters:
+            continue
+        if not e.automated:
+            continue
+        if e.device == "gpu" and not gpu:
+            continue
+        if e.device == "cpu" and cpu_minutes is not None and (e.minutes or 0) > cpu_minutes:
+            continue
+        out.append(e)
+    return out

@@ -1,0 +1,193 @@
+"""Run what the registry is missing: every seed of every selected entry, each in its own run
+directory, resumable across restarts (``scripts/reproduce.py``).
+
+- a *finished* run (same overrides and seed, ``metrics.json`` present) is skipped;
+- an *interrupted* one (started, no result) continues from its ``last.ckpt`` with
+  ``ckpt_path=auto`` (its own run directory holds the newest ``last.ckpt`` of those overrides);
+- a *failed* one is run again, and if it fails again it is reported while the others go on;
+- a *stale* one (made with other overrides: the registry changed) is moved aside to
+  ``seed<k>.stale-<n>`` and run afresh; nothing already written is deleted.
+
+``smoke=True`` runs every selected entry's first seed for a few batches of one epoch under
+``outputs/reproduce-smoke/`` (a check that each entry still runs end to end, not a result).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+from fodl.results.registry import Entry
+from fodl.results.runs import (
+    REPO,
+    git_commit,
+    hardware,
+    inspect,
+    last_checkpoint,
+    last_error,
+    run_dir,
+    write_record,
+)
+
+TRAIN = REPO / "scripts" / "train.py"
+LOG = "reproduce.log"
+#: a few batches of one epoch (``++``: add the key, or replace it when the config has it)
+SMOKE = ("trainer.max_epochs=1", "++trainer.limit_train_batches=3", "++trainer.limit_val_batches=2",
+         "++trainer.limit_test_batches=2")
+
+
+@dataclass
+class Job:
+    entry: Entry
+    seed: int
+    path: Path
+    resume: bool
+
+
+@dataclass
+class Outcome:
+    job: Job
+    ok: bool
+    wall_s: float
+    error: str | None = None
+
+
+def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False) -> tuple[list[Job], int]:
+    """The runs still to make, and how many are already finished."""
+    jobs, done = [], 0
+    for e in entries:
+        for seed in (e.seeds[:1] if smoke else e.seeds):
+            if smoke:
+                jobs.append(Job(e, seed, run_dir(root, e, seed), False))
+                continue
+            r = inspect(root, e, seed)
+            if r.state == "finished":
+                done += 1
+                continue
+            if r.state == "stale":
+                n = 1
+                while (aside := r.path.with_name(f"{r.path.name}.stale-{n}")).exists():
+                    n += 1
+                r.path.rename(aside)
+            resume = r.state in ("interrupted", "failed") and last_checkpoint(r.path) is not None
+            jobs.append(Job(e, seed, r.path, resume))
+    return jobs, done
+
+
+def command(job: Job, smoke: bool = False) -> list[str]:
+    args = [*job.entry.overrides, f"seed={job.seed}", f"hydra.run.dir={job.path}"]
+    if job.resume:
+        args.append("ckpt_path=auto")
+    if smoke:
+        args += [*SMOKE, "logger=none"]
+    return [sys.executable, str(TRAIN), *args]
+
+
+def run_one(job: Job, smoke: bool = False) -> Outcome:
+    """Run one seed of one entry to its end; record it in ``reproduce.json``."""
+    import json
+
+    d = job.path
+    if smoke and d.exists():
+        import shutil
+
+        shutil.rmtree(d)  # smoke runs are throw-away checks under outputs/reproduce-smoke/
+    d.mkdir(parents=True, exist_ok=True)
+    old = {}
+    try:
+        old = json.loads((d / "reproduce.json").read_text())
+    except (OSError, ValueError):
+        old = {}
+    cmd = command(job, smoke)
+    record = {"id": job.entry.id, "overrides": list(job.entry.overrides), "seed": job.seed,
+              "command": job.entry.command(job.seed), "status": "running",
+              "attempts": int(old.get("attempts", 0)) + 1, "commit": git_commit(),
+              "hardware": hardware(job.entry.device), "smoke": smoke,
+              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "started_at": time.time()}
+    previous_wall = _previous_wall(old, d) if job.resume else 0.0
+    record["wall_before"] = round(previous_wall, 1)
+    write_record(d, record)
+    t0 = time.monotonic()
+    with open(d / LOG, "a") as log:
+        log.write(f"\n$ {' '.join(cmd)}\n")
+        log.flush()
+        rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+    wall = time.monotonic() - t0
+    ok = rc == 0 and (d / "metrics.json").is_file()
+    error = None
+    if not ok:
+        error = (f"exit status {rc}" + (", no metrics.json" if rc == 0 else "")
+                 + (f": {msg}" if (msg := last_error(d / LOG)) else ""))
+    record.update(status="completed" if ok else "failed", returncode=rc, error=error,
+                  wall_s=round(previous_wall + wall, 1), resumed=job.resume,
+                  finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+    write_record(d, record)
+    return Outcome(job, ok, wall, error)
+
+
+def _previous_wall(old: dict, d: Path) -> float:
+    """Wall time already spent on the work a resumed run keeps: the recorded time of attempts
+    that ended, or, for one that was killed (no time recorded), the time from its start to its
+    newest ``last.ckpt``."""
+    if old.get("wall_s") is not None:
+        return float(old["wall_s"])
+    before = float(old.get("wall_before", 0.0))
+    ckpt = last_checkpoint(d)
+    if ckpt is not None and old.get("started_at"):
+        before += max(0.0, ckpt.stat().st_mtime - float(old["started_at"]))
+    return before
+
+
+def _fmt_minutes(m: float) -> str:
+    return f"{m:.0f} min" if m < 90 else f"{m / 60:.1f} h"
+
+
+def run_all(jobs: list[Job], done: int, smoke: bool = False, workers: int = 1,
+            say: Callable[[str], None] = print) -> list[Outcome]:
+    """Run ``jobs`` (``workers`` at a time), printing progress: which run, how many are left,
+    and an estimate of the time left (the registry's minutes, scaled by how this machine has
+    done so far against them)."""
+    total, outcomes, lock = len(jobs), [], threading.Lock()
+    spent = {"est": 0.0, "wall": 0.0}
+    started = [0]
+
+    def eta(remaining: list[Job]) -> str:
+        est = sum(j.entry.minutes or 0.0 for j in remaining)
+        if smoke:
+            return "a few minutes"
+        ratio = spent["wall"] / spent["est"] if spent["est"] else 1.0
+        return f"~{_fmt_minutes(est * ratio / max(workers, 1))}" + ("" if spent["est"] else " (registry estimates)")
+
+    def work(i: int) -> Outcome:
+        job = jobs[i]
+        with lock:
+            started[0] += 1
+            left = jobs[i:]
+            say(f"[{started[0]}/{total}] {job.entry.id} seed {job.seed}"
+                f"{' (resuming)' if job.resume else ''}: {len(left)} run(s) left, time left {eta(left)}"
+                f" -> {job.path}")
+        out = run_one(job, smoke)
+        with lock:
+            outcomes.append(out)
+            if out.ok and job.entry.minutes:
+                spent["est"] += job.entry.minutes
+                spent["wall"] += out.wall_s / 60
+            status = "done" if out.ok else f"FAILED ({out.error})"
+            say(f"    {job.entry.id} seed {job.seed}: {status} in {out.wall_s / 60:.1f} min")
+        return out
+
+    if done:
+        say(f"{done} run(s) already finished (skipped); {total} to run")
+    if workers <= 1:
+        for i in range(total):
+            work(i)
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            list(pool.map(work, range(total)))
+    return outcomes

@@ -1,0 +1,138 @@
+"""One registry run on disk: ``outputs/reproduce/<id>/seed<k>/``, a Hydra run directory of
+``scripts/train.py`` plus this package's ``reproduce.json`` (which overrides and seed it ran,
+how it ended, its wall time over all attempts, the git commit, the hardware and the command)."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from fodl.results.registry import Entry
+
+RECORD = "reproduce.json"
+#: the pipeline's own files: changing them does not change what a run computes
+_OWN = (":(exclude)src/fodl/results", ":(exclude)scripts/reproduce.py", ":(exclude)conf/reproduce.yaml")
+REPO = Path(__file__).resolve().parents[3]
+
+
+def run_dir(root: str | Path, entry: Entry, seed: int) -> Path:
+    return Path(root) / entry.id / f"seed{seed}"
+
+
+@dataclass
+class SeedRun:
+    """What is on disk for one (entry, seed)."""
+    seed: int
+    path: Path
+    state: str  # finished | failed | interrupted | stale | missing
+    metrics: dict[str, float] = field(default_factory=dict)
+    record: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def error(self) -> str | None:
+        return self.record.get("error")
+
+
+def _json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def inspect(root: str | Path, entry: Entry, seed: int) -> SeedRun:
+    """The state of one run directory. *finished*: ``metrics.json`` present and the run was made
+    with this entry's overrides and seed; *stale*: made with other overrides (the registry
+    changed); *interrupted*: started, no result yet (a ``last.ckpt`` lets it continue);
+    *failed*: the last attempt ended with an error; *missing*: never started."""
+    d = run_dir(root, entry, seed)
+    record = _json(d / RECORD)
+    if not d.is_dir() or not record:
+        return SeedRun(seed, d, "missing")
+    if list(record.get("overrides") or []) != list(entry.overrides) or record.get("seed") != seed:
+        return SeedRun(seed, d, "stale", record=record)
+    raw = _json(d / "metrics.json")
+    try:
+        metrics = {k: float(v) for k, v in raw.items()}
+    except (TypeError, ValueError):
+        metrics = {}
+    if metrics and record.get("status") == "completed":
+        return SeedRun(seed, d, "finished", metrics, record)
+    if record.get("status") == "failed":
+        return SeedRun(seed, d, "failed", record=record)
+    return SeedRun(seed, d, "interrupted", record=record)
+
+
+def last_checkpoint(d: Path) -> Path | None:
+    found = sorted(d.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def write_record(d: Path, record: dict[str, Any]) -> None:
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".{RECORD}.part"
+    tmp.write_text(json.dumps(record, indent=2, sort_keys=True))
+    tmp.replace(d / RECORD)
+
+
+def git_commit() -> str:
+    """fodl's commit (short), with ``+dirty`` when what a training run executes (src/, conf/,
+    scripts/ except this pipeline's own files) has uncommitted changes."""
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                             text=True, timeout=20).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "src", "conf", "scripts", *_OWN],
+                               cwd=REPO, capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (sha or "unknown") + ("+dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def gpu_name() -> str | None:
+    if not shutil.which("nvidia-smi"):
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=20).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.splitlines()[0].strip() if out else None
+
+
+def hardware(device: str) -> str:
+    """``<CPU model>, <threads> threads`` (``OMP_NUM_THREADS`` when set, else the CPU count), and
+    the GPU's name for a gpu run."""
+    threads = os.environ.get("OMP_NUM_THREADS") or str(os.cpu_count() or "?")
+    text = f"{cpu_model()}, {threads} thread{'' if threads == '1' else 's'}"
+    if device == "gpu":
+        text = f"{gpu_name() or 'GPU (name unknown)'}; host {text}"
+    return text
+
+
+def last_error(log_file: Path) -> str | None:
+    """The last line of a log that names an error (a FodlError paragraph or a traceback's end)."""
+    try:
+        lines = [ln.strip() for ln in log_file.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return None
+    for line in reversed(lines):
+        if "error" in line.lower() or "exception" in line.lower() or "killed" in line.lower():
+            return line[:400]
+    return lines[-1][:400] if lines else None
