@@ -100,6 +100,18 @@ def _isolated_env(monkeypatch, tmp_path):
     monkeypatch.setenv("FODL_CACHE_DIR", str(tmp_path / "cache"))
 
 
+@pytest.fixture(autouse=True)
+def _restore_torch_threads():
+    """A test that runs an entry point in-process (e.g. scripts/translate.py, which sets one
+    thread) must not change the thread count of the tests after it: a later in-process
+    reference run would then sum in another order than its subprocess twin (a 3e-8 weight
+    difference broke the SIGKILL resume test that way)."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train"):
     """The Hydra config ``scripts/train.py`` would build, with its output dir at ``run_dir``."""
     return compose_run([f"paths.root_dir={run_dir.parent}", *overrides], run_dir, config_name)
