@@ -117,15 +117,7 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
                 continue
             opt.zero_grad(set_to_none=True)  # also right for graphed grads (never accumulated into)
             self.manual_backward(loss)
-            if clip:
-                self.clip_gradients(opt, gradient_clip_val=clip,
-                                    gradient_clip_algorithm=self.gradient_clip_algorithm)
-            if direct:  # what LightningOptimizer.step does when no hook has anything to do
-                step_directly(opt)
-            else:
-                opt.step()
-            if step_scheduler is not None:
-                step_scheduler.step()
+            self._optimizer_step(opt, clip, step_scheduler, direct)
             self._epoch_losses.append(loss.detach())
         if grouped:
             self._count_group(len(batch))
@@ -134,6 +126,19 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
         if grouped or self.global_step % self.trainer.log_every_n_steps == 0:
             self.log("train/loss_step", loss.detach(), on_step=True, on_epoch=False, prog_bar=True)
         return loss
+
+    def _optimizer_step(self, opt, clip, step_scheduler, direct: bool) -> None:
+        """Clip (when set), step the optimizer and, per step, the scheduler: what follows the
+        backward pass of every step, plain or accumulated."""
+        if clip:
+            self.clip_gradients(opt, gradient_clip_val=clip,
+                                gradient_clip_algorithm=self.gradient_clip_algorithm)
+        if direct:  # what LightningOptimizer.step does when no hook has anything to do
+            step_directly(opt)
+        else:
+            opt.step()
+        if step_scheduler is not None:
+            step_scheduler.step()
 
     def _accumulate(self, opt, loss, clip, step_scheduler, direct: bool, last: bool) -> None:
         """``trainer.accumulate_grad_batches=k``: the gradient of the mean loss of ``k``
@@ -144,15 +149,7 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
         self._accumulated += 1
         if self._accumulated < self.accumulate_grad_batches and not last:
             return
-        if clip:
-            self.clip_gradients(opt, gradient_clip_val=clip,
-                                gradient_clip_algorithm=self.gradient_clip_algorithm)
-        if direct:
-            step_directly(opt)
-        else:
-            opt.step()
-        if step_scheduler is not None:
-            step_scheduler.step()
+        self._optimizer_step(opt, clip, step_scheduler, direct)
         opt.zero_grad(set_to_none=True)
         self._accumulated = 0
 
