@@ -15,13 +15,19 @@ random warm-up), the machine's load, and the ratio.
 
     python scripts/benchmark_rl.py --atari                  # 2,000 training steps per path, 2 rounds
     python scripts/benchmark_rl.py --atari --steps 4000 --rounds 3 env.num_envs=16
+
+``--breakdown``: where one vector step of DQN training goes (act, env step, replay write,
+sampling, update: ms each), then env steps/s of the same loop pipelined, with and without the
+env step overlapping the update; for any DQN run's overrides:
+
+    python scripts/benchmark_rl.py --breakdown experiment=fast/dqn_pong_gpu --accelerator gpu
 """
 
 import argparse
 import time
 from pathlib import Path
 
-from fodl.analysis.rl_bench import atari_benchmark, benchmark
+from fodl.analysis.rl_bench import atari_benchmark, benchmark, step_breakdown
 
 
 def main() -> None:
@@ -38,8 +44,14 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=2000, help="--atari: training env steps per run")
     p.add_argument("--learning-starts", type=int, default=1000, help="--atari: random steps first")
     p.add_argument("--rounds", type=int, default=2, help="--atari: runs of each path, alternating")
+    p.add_argument("--breakdown", action="store_true", help="time the parts of a vector step")
+    p.add_argument("--vector-steps", type=int, default=100, help="--breakdown: vector steps timed")
+    p.add_argument("--accelerator", default="cpu", help="--breakdown: cpu or gpu")
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks") / time.strftime("rl_%Y-%m-%d_%H-%M-%S"))
     a = p.parse_args()
+    if a.breakdown:
+        step_breakdown(a.overrides, a.out.resolve(), a.vector_steps, a.accelerator)
+        return
     if a.atari:
         atari_benchmark(a.out.resolve(), a.steps, a.learning_starts, a.rounds, a.overrides, a.threads)
         return

@@ -644,3 +644,29 @@ def test_replay_ratio_is_per_environment_step(tmp_path):
         assert 96 <= steps - 32 <= 96 + 4 * n, (n, steps)
         assert abs(opt_steps - (steps - 32) // 4) <= 2, (n, steps, opt_steps)
     assert got[1] == (128, 24)
+
+
+def test_overlapped_env_steps_store_the_same_transitions():
+    """data.overlap: the vector step left running while the learner trains ends at the next
+    collect; the replay memory, counters and episode statistics are those of stepping one step
+    at a time (same random actions), across episode ends (Pong cut at 40 steps)."""
+    pytest.importorskip("ale_py")
+    spec = EnvSpec.from_config({"id": "ALE/Pong-v5", "noop_max": 0, "max_episode_steps": 40})
+    got = []
+    for overlap in (False, True):
+        envs = make_vector_env(spec, 2, "ale")
+        buf = ReplayBuffer(400, num_envs=2, frame_shape=(84, 84), frame_dtype=torch.uint8, stack=4)
+        col = StepCollector(envs, buf, seed=3, stacked=True)
+        counts = []
+        for _ in range(12):
+            col.collect(None, 8, overlap=overlap)
+            counts.append((col.env_steps, buf.pos + (1 if overlap else 0)))   # + the step under way
+        col.finish()
+        got.append((counts, col.episodes, col.drain(),
+                    [getattr(buf, k)[:buf.pos].clone() for k in
+                     ("frames", "actions", "rewards", "terminal", "first", "valid")]))
+        col.close()
+    (c0, e0, d0, b0), (c1, e1, d1, b1) = got
+    assert c0 == c1 and e0 == e1 == 2 and d0 == d1
+    assert all(torch.equal(x, y) for x, y in zip(b0, b1))
+    assert b0[5].sum() < b0[5].numel()   # autoreset rows were stored

@@ -442,7 +442,7 @@ RULES: dict[str, dict[str, Rule]] = {
     "fodl.data.rl.ReplayDataModule": {
         "buffer_size": POSITIVE_INT, "batch_size": POSITIVE_INT, "learning_starts": _NONNEG_INT,
         "train_freq": POSITIVE_INT, "gradient_steps": POSITIVE_INT, "steps_per_epoch": POSITIVE_INT,
-        "on_device": Flag(),
+        "on_device": Flag(), "overlap": Flag(), "n_step": POSITIVE_INT,
     },
     "fodl.data.rl.EpisodeDataModule": {"episodes_per_batch": POSITIVE_INT,
                                        "batches_per_epoch": POSITIVE_INT},

@@ -296,3 +296,130 @@ def atari_benchmark(output_dir: Path, env_steps: int = 2000, learning_starts: in
                      f"{mean['vector']:.1f}, ratio {mean['vector'] / mean['single']:.1f}x")
     (output_dir / "results.json").write_text(json.dumps(rows, indent=2))
     return rows
+
+
+BREAKDOWN_PHASES = ("act", "env", "replay_add", "sample", "update")
+
+
+def step_breakdown(overrides: list[str], output_dir: Path, vector_steps: int = 100,
+                   accelerator: str = "cpu", print_fn: Callable[[str], None] = print) -> dict[str, Any]:
+    """Where one vector step of DQN training goes, for the run ``overrides`` describe (e.g.
+    ``experiment=fast/dqn_pong_gpu``): the same parts the training loop runs (the module,
+    replay memory and collector of :mod:`fodl.data.rl`), outside Lightning.
+
+    1. **phases**, timed one by one (the device synchronised after each, so each phase's time
+       is its own): ``act`` (observations to the device, one batched forward pass, actions to
+       the host), ``env`` (the vector env's step), ``replay_add``, ``sample`` (the minibatches
+       owed per vector step, ``num_envs * gradient_steps / train_freq``) and ``update`` (their
+       optimizer steps, TD targets included), in ms per vector step;
+    2. **pipelined**: the same loop without synchronisation (what training runs: the device
+       works while the host goes on), with the env step left running during the update
+       (``overlap``, ale-py's vector env) and without; env steps/s of each.
+
+    The replay is first filled with ``learning_starts`` random steps (not timed); acting is
+    timed at the end of epsilon's decay (the net runs for almost every environment). No Lightning
+    loop, logging or evaluation: an upper bound on what training reaches."""
+    from hydra.utils import instantiate
+
+    from fodl.config import compose_run
+    from fodl.rl.envs import make_vector_env
+    from fodl.rl.replay import ReplayBuffer
+    from fodl.rl.rollout import StepCollector
+
+    cfg = compose_run(["model=dqn", f"paths.root_dir={output_dir}", f"trainer.accelerator={accelerator}",
+                       *overrides], output_dir / "breakdown")
+    device = torch.device("cuda" if accelerator in ("gpu", "cuda") else "cpu")
+    if device.type == "cpu" and cfg.model.get("torch_threads"):
+        torch.set_num_threads(int(cfg.model.torch_threads))
+    torch.backends.cudnn.benchmark = True
+    dm = instantiate(cfg.data)
+    model = instantiate(cfg.model).to(device)
+    opt = model.configure_optimizers()
+    opt = opt["optimizer"] if isinstance(opt, dict) else opt
+    envs = make_vector_env(dm.env, dm.num_envs, dm.vectorization)
+    space = envs.single_observation_space
+    stacked = bool(dm.env.atari and dm.env.frame_stack > 1)
+    buf = ReplayBuffer(dm.buffer_size, dm.num_envs, frame_shape=space.shape[1:] if stacked else space.shape,
+                       frame_dtype=torch.from_numpy(__import__("numpy").zeros((), dtype=space.dtype)).dtype,
+                       stack=space.shape[0] if stacked else 1, device=device, seed=1)
+    col = StepCollector(envs, buf, seed=0, life_loss=bool(dm.env.atari and dm.env.life_loss),
+                        stacked=stacked)
+    col.collect(None, max(dm.learning_starts, 2 * dm.num_envs))
+    col.env_steps += model.epsilon.duration   # timed at epsilon's floor: acting runs the net
+    per_step = dm.num_envs * dm.gradient_steps / dm.train_freq     # minibatches per vector step
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+
+    def update(batches) -> None:
+        model.before_update(col.env_steps)
+        for b in batches:
+            loss = model.training_loss(b)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if model.gradient_clip_val:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), model.gradient_clip_val)
+            opt.step()
+        model._q_means.clear()
+
+    owed = 0.0
+
+    def due() -> int:
+        nonlocal owed
+        owed += per_step
+        k = int(owed)
+        owed -= k
+        return k
+
+    # 1. phases, one at a time
+    times = dict.fromkeys(BREAKDOWN_PHASES, 0.0)
+    for i in range(vector_steps + 5):
+        warm = i < 5
+        t = time.perf_counter()
+        col.finish()
+        obs = col.to_device(col.obs)
+        actions = model.act(obs, col.generator, explore=True, env_steps=col.env_steps, episodes=0)
+        sync()
+        t1 = time.perf_counter()
+        out = envs.step(actions.numpy())
+        t2 = time.perf_counter()
+        col._pending = None
+        buf.add(obs[:, -1] if stacked else obs, actions.numpy(), out[1], out[2], col.first, ~col.autoreset)
+        col.first, col.autoreset, col.obs = col.autoreset, out[2] | out[3], out[0]
+        col.env_steps += dm.num_envs
+        sync()
+        t3 = time.perf_counter()
+        k = due()
+        batches = buf.sample(dm.batch_size, k, dm.n_step) if k else []
+        sync()
+        t4 = time.perf_counter()
+        update(batches)
+        sync()
+        t5 = time.perf_counter()
+        if not warm:
+            for name, a, b in zip(BREAKDOWN_PHASES, (t, t1, t2, t3, t4), (t1, t2, t3, t4, t5)):
+                times[name] += b - a
+    ms = {k: round(1000 * v / vector_steps, 2) for k, v in times.items()}
+    total = sum(times.values()) / vector_steps
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
+        "num_envs": dm.num_envs, "batch_size": dm.batch_size, "minibatches_per_vector_step": per_step,
+        "n_step": dm.n_step, "ms_per_vector_step": ms, "serial_env_steps_per_s": round(dm.num_envs / total, 1)}
+    # 2. pipelined, as training runs it
+    for overlap in (False, True):
+        col.finish()
+        sync()
+        t, s0 = time.perf_counter(), col.env_steps
+        for _ in range(vector_steps):
+            col.collect(model, dm.num_envs, overlap=overlap)
+            k = due()
+            if k:
+                update(buf.sample(dm.batch_size, k, dm.n_step))
+        col.finish()
+        sync()
+        result[f"pipelined_env_steps_per_s_overlap_{str(overlap).lower()}"] = round(
+            (col.env_steps - s0) / (time.perf_counter() - t), 1)
+    import os
+
+    result["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    col.close()
+    print_fn(json.dumps(result))
+    return result

@@ -184,6 +184,13 @@ class ReplayDataModule(_EnvDataModule):
             ``gradient_steps / train_freq`` minibatches per environment step.
         steps_per_epoch: environment steps per epoch (rounded up to whole items); the
             first epoch also takes the warm-up. Validation runs after every epoch.
+        overlap: with a vector env that can start a step and end it later (ale-py's, the
+            Atari default), leave each item's last vector step running while the learner
+            trains on the item: the emulators and the update run at the same time, and that
+            step's actions come from the policy before the update (one update behind).
+        n_step: transitions over up to ``n_step`` environment steps of one environment
+            (n-step returns, cut at terminals and episode ends; the agent discounts them, see
+            :meth:`~fodl.rl.replay.ReplayBuffer.sample`); 1: one-step transitions.
         num_envs, vectorization: parallel environments (default ``env.num_envs``) and how
             they run (``auto``: ale-py's vector env for Atari with several, else gymnasium's
             sync vector env; ``ale``, ``sync``, ``async``).
@@ -196,13 +203,15 @@ class ReplayDataModule(_EnvDataModule):
     def __init__(self, env: Any, buffer_size: int = 100_000, batch_size: int = 64,
                  learning_starts: int = 1000, train_freq: int = 256, gradient_steps: int = 128,
                  steps_per_epoch: int = 5000, num_envs: int | None = None, vectorization: str = "auto",
-                 on_device: bool = True, eval_episodes: int = 10,
+                 on_device: bool = True, overlap: bool = True, n_step: int = 1,
+                 eval_episodes: int = 10,
                  test_episodes: int | None = None, eval_num_envs: int | None = None,
                  seed: int | None = 0, data_dir: Any = None, cache_dir: Any = None) -> None:
         super().__init__(env, num_envs, vectorization, eval_episodes, test_episodes,
                          eval_num_envs, seed)
         for name, v in (("train_freq", train_freq), ("gradient_steps", gradient_steps),
-                        ("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch)):
+                        ("batch_size", batch_size), ("steps_per_epoch", steps_per_epoch),
+                        ("n_step", n_step)):
             if v < 1:
                 raise FodlError(f"data.{name}={v}: give a positive number.")
         self.buffer_size = int(buffer_size)
@@ -212,6 +221,8 @@ class ReplayDataModule(_EnvDataModule):
         self.gradient_steps = int(gradient_steps)
         self.steps_per_epoch = int(steps_per_epoch)
         self.on_device = on_device
+        self.n_step = int(n_step)
+        self.overlap = bool(overlap)
         self.collector = None
         self.buffer = None
 
@@ -304,7 +315,7 @@ class ReplayDataModule(_EnvDataModule):
     def teardown(self, stage: str) -> None:
         super().teardown(stage)
         if stage == "fit" and self.collector is not None:
-            self.collector.envs.close()
+            self.collector.close()
             self.collector = self.buffer = None
 
 class ReplayStream:
@@ -323,10 +334,10 @@ class ReplayStream:
         dm.start_clock()
         chunk = dm.chunk
         for _ in range(len(self)):
-            c.collect(agent, chunk, random_until=dm.learning_starts)
+            c.collect(agent, chunk, random_until=dm.learning_starts, overlap=dm.overlap)
             while not dm.ready():
-                c.collect(agent, chunk, random_until=dm.learning_starts)
-            batches = dm.buffer.sample(dm.batch_size, max(dm.minibatches_due(), 1))
+                c.collect(agent, chunk, random_until=dm.learning_starts, overlap=dm.overlap)
+            batches = dm.buffer.sample(dm.batch_size, max(dm.minibatches_due(), 1), dm.n_step)
             batches[0]["rollout"] = {"env_steps": c.env_steps, "episodes": c.drain(),
                                      "sps": dm.sps()}
             yield batches[0] if len(batches) == 1 else StepGroup(batches)

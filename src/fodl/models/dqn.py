@@ -6,6 +6,7 @@ network* ``theta^-`` that is a periodic copy of ``theta``::
 
     y = r + gamma * (1 - terminal) * max_a' Q(s', a'; theta^-)                  (DQN)
     y = r + gamma * (1 - terminal) * Q(s', argmax_a' Q(s', a'; theta); theta^-)  (double DQN)
+    y = sum_k gamma^k r_{t+k} + gamma^m (1 - terminal) * V(s_{t+m})   (n-step, data.n_step)
     loss = mean Huber(Q(s, a; theta) - y)        (the paper's error clipping to [-1, 1])
 
 on minibatches drawn uniformly from the replay memory (:mod:`fodl.data.rl`), acting
@@ -153,8 +154,15 @@ class DQNModule(AgentModule):
             return self.bootstrap(batch, next_v)
 
     def bootstrap(self, batch: dict[str, torch.Tensor], next_v: torch.Tensor) -> torch.Tensor:
-        """The TD target ``r + gamma * (1 - done) * V(s')`` of a minibatch, given ``V(s')``."""
-        return batch["reward"] + self.gamma * (1.0 - batch["done"]) * next_v
+        """The TD target ``r + gamma * (1 - done) * V(s')`` of a minibatch, given ``V(s')``.
+        An n-step minibatch (``data.n_step``: ``reward`` is ``(B, n)``, the rewards of each
+        window, ``steps`` its length ``m``) gets
+        ``sum_k gamma^k r_{t+k} + gamma^m * (1 - done) * V(s_{t+m})``."""
+        r = batch["reward"]
+        if r.dim() == 2:
+            powers = self.gamma ** torch.arange(r.shape[1], device=r.device, dtype=r.dtype)
+            return (r * powers).sum(1) + self.gamma ** batch["steps"] * (1.0 - batch["done"]) * next_v
+        return r + self.gamma * (1.0 - batch["done"]) * next_v
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         target = batch["target"] if "target" in batch else self.td_target(batch)

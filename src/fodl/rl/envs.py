@@ -233,7 +233,8 @@ class AtariVector:
     ``RecordEpisodeStatistics``) holds the game's score; the rewards returned are clipped to
     [-1, 1] when ``spec.clip_rewards``. ``info["life_lost"]`` is True on a step whose lives
     counter dropped (the game goes on). NEXT_STEP autoreset: the step after an episode's end
-    resets that game, returns its first observation and is not a transition.
+    resets that game, returns its first observation and is not a transition. ``send`` /
+    ``recv`` split a step in two, so that the emulators run while the learner trains.
     """
 
     def __init__(self, spec: EnvSpec | dict, num_envs: int) -> None:
@@ -274,7 +275,18 @@ class AtariVector:
         return obs, info
 
     def step(self, actions):
-        obs, reward, terminated, truncated, info = self.env.step(np.asarray(actions, dtype=np.int64))
+        self.send(actions)
+        return self.recv()
+
+    def send(self, actions) -> None:
+        """Start a step with ``actions`` and return at once: the emulators run in their C++
+        threads while the caller does something else (the learner's update), until
+        :meth:`recv`."""
+        self.env.send(np.asarray(actions, dtype=np.int64))
+
+    def recv(self):
+        """The result of the step :meth:`send` started (what :meth:`step` returns)."""
+        obs, reward, terminated, truncated, info = self.env.recv()
         reward = reward.astype(np.float32)
         lives = np.asarray(info["lives"])
         live = ~self._resetting                         # a real transition of a running game

@@ -198,19 +198,56 @@ class ReplayBuffer:
         frames = self.frames[rows, e[:, None]]                              # (B, k, *frame)
         return frames * keep.to(frames.dtype)
 
-    def sample(self, batch_size: int, n_batches: int | None = None):
+    def _n_step_window(self, t: torch.Tensor, e: torch.Tensor, n_step: int):
+        """The n-step window of each drawn transition (row ``t`` of env ``e``): the rewards
+        ``r_t .. r_{t+m-1}`` (zeros after the window's end), whether the window ends on a
+        terminal step, the number ``m`` of steps in it and the row of the state bootstrapped
+        from, ``s_{t+m}``. The window stops after ``n_step`` steps, after a terminal step
+        (``done``), before a row that is not a transition of the same episode (the reset step
+        after a truncated episode: its row holds the final observation, bootstrapped from) and
+        at the newest row written (a shorter window, bootstrapped from the newest state)."""
+        k = torch.arange(n_step, device=self.device)
+        rows = (t[:, None] + k) % self.rows                                  # (B, n)
+        ec = e[:, None]
+        # rows written after t: the window may use rows t .. t+avail-1, bootstrap at <= t+avail
+        avail = (self.pos - 1 - t) % self.rows
+        ok = self.valid[rows, ec] & (k < avail[:, None])
+        term = self.terminal[rows, ec]
+        # step k is in the window when steps 0..k-1 are and none of them was terminal
+        stop_before = torch.zeros_like(ok)
+        stop_before[:, 1:] = term[:, :-1]
+        inside = (ok & ~stop_before).to(torch.int32).cumprod(1).bool()
+        inside[:, 0] = True                                                  # a drawn transition
+        m = inside.sum(1)
+        last = rows.gather(1, (m - 1)[:, None]).squeeze(1)
+        rewards = self.rewards[rows, ec] * inside
+        return rewards, self.terminal[last, e], m, (last + 1) % self.rows
+
+    def sample(self, batch_size: int, n_batches: int | None = None, n_step: int = 1):
         """A minibatch ``{"obs", "action", "reward", "done", "next_obs"}`` on ``device``
         (``done`` is the float terminal flag: 1 means no bootstrap), or a list of
-        ``n_batches`` of them drawn in one gather."""
+        ``n_batches`` of them drawn in one gather.
+
+        ``n_step > 1``: n-step transitions (Sutton 1988; Rainbow, Hessel et al. 2018), all on
+        ``device``: ``reward`` is ``(B, n_step)``, the rewards ``r_t .. r_{t+m-1}`` of each
+        transition's window (zeros after its end, see :meth:`_n_step_window`), ``steps`` the float
+        ``m`` (the bootstrap is discounted by ``gamma ** m``), ``done`` whether the window
+        ends on a terminal step and ``next_obs`` the state ``s_{t+m}``. ``n_step=1`` is the
+        one-step batch above."""
         n = batch_size * (n_batches or 1)
         t, e = self.sample_indices(n)
-        batch = {
-            "obs": self._stacks(t, e),
-            "action": self.actions[t, e],
-            "reward": self.rewards[t, e],
-            "done": self.terminal[t, e].float(),
-            "next_obs": self._stacks((t + 1) % self.rows, e),
-        }
+        if n_step > 1:
+            rewards, done, m, nxt = self._n_step_window(t, e, int(n_step))
+            batch = {"obs": self._stacks(t, e), "action": self.actions[t, e], "reward": rewards,
+                     "done": done.float(), "steps": m.float(), "next_obs": self._stacks(nxt, e)}
+        else:
+            batch = {
+                "obs": self._stacks(t, e),
+                "action": self.actions[t, e],
+                "reward": self.rewards[t, e],
+                "done": self.terminal[t, e].float(),
+                "next_obs": self._stacks((t + 1) % self.rows, e),
+            }
         if n_batches is None:
             return batch
         parts = {k: v.split(batch_size) for k, v in batch.items()}

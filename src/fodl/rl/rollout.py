@@ -103,8 +103,12 @@ class StepCollector:
         self.finished: list[tuple[float, int]] = []  # (return, length) since the last drain
         self.obs: np.ndarray | None = None
         self.to_device = ToDevice(buffer.device)
+        self._pending: tuple[Any, np.ndarray, np.ndarray] | None = None  # a step sent, not ended
 
     def reset(self, seed: int | None = None) -> None:
+        if self._pending is not None and hasattr(self.envs, "recv"):
+            self.envs.recv()          # the step under way ends before the reset
+        self._pending = None
         s = self.seed if seed is None else int(seed)
         self.obs, _ = self.envs.reset(seed=[s + i for i in range(self.n)])
         self.first = np.ones(self.n, dtype=bool)       # obs starts an episode
@@ -113,6 +117,16 @@ class StepCollector:
     def step(self, agent: Agent | None) -> int:
         """One vector step; ``agent=None`` acts uniformly at random (replay warm-up).
         Returns the number of transitions taken."""
+        self.finish()
+        k = self.send(agent)
+        self.finish()
+        return k
+
+    def send(self, agent: Agent | None) -> int:
+        """Act on the current observations and start the vector step (with a vector env that
+        has ``send`` / ``recv``, such as :class:`~fodl.rl.envs.AtariVector`, the emulators run
+        until :meth:`finish`; others step in :meth:`finish`). Counts the step's transitions
+        (returned) in ``env_steps`` now: they are known before the step ends."""
         if self.obs is None:
             self.reset()
         valid = ~self.autoreset
@@ -129,11 +143,28 @@ class StepCollector:
             actions = agent.act(obs, self.generator, explore=True,
                                 env_steps=self.env_steps, episodes=self.episodes)
             frame = obs[:, -1] if self.stacked else obs
-        next_obs, reward, terminated, truncated, info = self.envs.step(actions.numpy())
+        actions = actions.numpy()
+        if hasattr(self.envs, "send"):
+            self.envs.send(actions)
+        self._pending = (frame, actions, valid)
+        k = int(valid.sum())
+        self.env_steps += k
+        return k
+
+    def finish(self) -> None:
+        """End the step :meth:`send` started (if any) and write it to the replay memory."""
+        if self._pending is None:
+            return
+        frame, actions, valid = self._pending
+        self._pending = None
+        if hasattr(self.envs, "recv"):
+            next_obs, reward, terminated, truncated, info = self.envs.recv()
+        else:
+            next_obs, reward, terminated, truncated, info = self.envs.step(actions)
         terminal = terminated
         if self.life_loss and "life_lost" in info:
             terminal = terminated | info["life_lost"].astype(bool)
-        self.buffer.add(frame, actions.numpy(), reward.astype(np.float32), terminal, self.first, valid)
+        self.buffer.add(frame, actions, reward.astype(np.float32), terminal, self.first, valid)
         done = finished_episodes(info)
         if done:
             self.finished.extend(done)
@@ -141,18 +172,30 @@ class StepCollector:
         self.first = self.autoreset
         self.autoreset = (terminated | truncated) & valid
         self.obs = next_obs
-        k = int(valid.sum())
-        self.env_steps += k
-        return k
 
-    def collect(self, agent: Agent | None, transitions: int,
-                random_until: int = 0) -> int:
+    def collect(self, agent: Agent | None, transitions: int, random_until: int = 0,
+                overlap: bool = False) -> int:
         """Step until at least ``transitions`` transitions were taken; steps taken while
-        ``env_steps < random_until`` act at random (the replay warm-up). Returns the count."""
+        ``env_steps < random_until`` act at random (the replay warm-up). Returns the count.
+
+        ``overlap=True``: the last vector step is left running (:meth:`send` without
+        :meth:`finish`), so that the emulators step while the caller trains; the next call
+        (or :meth:`finish`) ends it. Its actions were chosen before that training: the policy
+        acting is at most one update behind (as in asynchronous actor-learner setups)."""
+        self.finish()
         taken = 0
         while taken < transitions:
-            taken += self.step(None if (agent is None or self.env_steps < random_until) else agent)
+            taken += self.send(None if (agent is None or self.env_steps < random_until) else agent)
+            if not (overlap and taken >= transitions):
+                self.finish()
         return taken
+
+    def close(self) -> None:
+        """End a step still under way and close the environments."""
+        if self._pending is not None and hasattr(self.envs, "recv"):
+            self.envs.recv()
+        self._pending = None
+        self.envs.close()
 
     def drain(self) -> list[tuple[float, int]]:
         out, self.finished = self.finished, []
