@@ -48,7 +48,7 @@ def main() -> None:
     p.add_argument("--vector-steps", type=int, default=100, help="--breakdown: vector steps timed")
     p.add_argument("--accelerator", default="cpu", help="--breakdown: cpu or gpu")
     p.add_argument("--out", type=Path, default=Path("outputs/benchmarks") / time.strftime("rl_%Y-%m-%d_%H-%M-%S"))
-    a = p.parse_args()
+    a = p.parse_intermixed_args()
     if a.breakdown:
         step_breakdown(a.overrides, a.out.resolve(), a.vector_steps, a.accelerator)
         return

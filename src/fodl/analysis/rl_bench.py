@@ -314,7 +314,9 @@ def step_breakdown(overrides: list[str], output_dir: Path, vector_steps: int = 1
        optimizer steps, TD targets included), in ms per vector step;
     2. **pipelined**: the same loop without synchronisation (what training runs: the device
        works while the host goes on), with the env step left running during the update
-       (``overlap``, ale-py's vector env) and without; env steps/s of each.
+       (``overlap``, ale-py's vector env) and without; env steps/s of each;
+    3. on a GPU, the update again with the online net's forward and backward pass captured as
+       CUDA graphs (``model.cuda_graph=true``), and the pipelined loop with it.
 
     The replay is first filled with ``learning_starts`` random steps (not timed); acting is
     timed at the end of epsilon's decay (the net runs for almost every environment). No Lightning
@@ -417,9 +419,45 @@ def step_breakdown(overrides: list[str], output_dir: Path, vector_steps: int = 1
         sync()
         result[f"pipelined_env_steps_per_s_overlap_{str(overlap).lower()}"] = round(
             (col.env_steps - s0) / (time.perf_counter() - t), 1)
+    if device.type == "cuda":
+        print_fn(json.dumps(result))
+        try:
+            _graphed_breakdown(result, model, buf, col, dm, update, due, sync, vector_steps)
+        except Exception as e:   # a report of what failed, after what was measured
+            result["cuda_graph_error"] = f"{type(e).__name__}: {e}"
     import os
 
     result["load_avg_1min"] = round(os.getloadavg()[0], 2)
     col.close()
     print_fn(json.dumps(result))
     return result
+
+
+def _graphed_breakdown(result, model, buf, col, dm, update, due, sync, vector_steps) -> None:
+    """Part 3 of :func:`step_breakdown` (a GPU): the update with the online net graphed."""
+    b = buf.sample(dm.batch_size, 1, dm.n_step)[0]
+    with torch.no_grad():
+        eager_loss = model.training_loss(b)
+    model._capture(b["obs"])
+    with torch.no_grad():
+        graphed_loss = model.training_loss(b)
+    result["graphed_loss_minus_eager"] = float(graphed_loss - eager_loss)
+    sync()
+    t = time.perf_counter()
+    for _ in range(vector_steps):
+        k = due()
+        if k:
+            update(buf.sample(dm.batch_size, k, dm.n_step))
+    sync()
+    result["ms_per_vector_step"]["update_cuda_graph"] = round(1000 * (time.perf_counter() - t) / vector_steps, 2)
+    col.finish()
+    t, s0 = time.perf_counter(), col.env_steps
+    for _ in range(vector_steps):
+        col.collect(model, dm.num_envs, overlap=True)
+        k = due()
+        if k:
+            update(buf.sample(dm.batch_size, k, dm.n_step))
+    col.finish()
+    sync()
+    result["pipelined_env_steps_per_s_overlap_true_cuda_graph"] = round(
+        (col.env_steps - s0) / (time.perf_counter() - t), 1)

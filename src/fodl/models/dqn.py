@@ -51,6 +51,10 @@ class DQNModule(AgentModule):
             environment steps (the replay warm-up acts at random whatever epsilon says).
         eval_epsilon: epsilon of evaluation episodes (0.05 in the paper).
         log_every_env_steps, torch_threads, fused_optimizer: see :class:`~fodl.models.rl.AgentModule`.
+        cuda_graph: on one GPU, the Q-network's forward and backward pass on training
+            minibatches as CUDA graphs (:class:`~fodl.models.base.FodlModule`); acting and the
+            target network run eagerly, the online net's pass on next states (double DQN)
+            replays the forward graph.
     """
 
     def __init__(
@@ -74,9 +78,10 @@ class DQNModule(AgentModule):
         log_every_env_steps: int = 1000,
         torch_threads: int | None = None,
         fused_optimizer: bool = False,
+        cuda_graph: bool = False,
     ) -> None:
         super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val,
-                         log_every_env_steps, torch_threads, fused_optimizer)
+                         log_every_env_steps, torch_threads, fused_optimizer, cuda_graph)
         self.save_hyperparameters(ignore=["net", "optimizer", "scheduler", "env"], logger=False)
         self.net = build_net(net, env)
         self.target_net = copy.deepcopy(self.net).requires_grad_(False)
@@ -108,7 +113,7 @@ class DQNModule(AgentModule):
         explore_mask = coin < eps
         if bool(explore_mask.all()):
             return random_actions  # no forward pass needed
-        greedy = self.net(obs).argmax(1).cpu()
+        greedy = self.run_net(obs).argmax(1).cpu()
         return torch.where(explore_mask, random_actions, greedy)
 
     # -- learning --------------------------------------------------------------------------
@@ -143,11 +148,14 @@ class DQNModule(AgentModule):
         for b, v in zip(batch, next_v.split([len(b["reward"]) for b in batch])):
             b["target"] = self.bootstrap(b, v)
 
+    def graph_input(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return batch["obs"]
+
     def td_target(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         with torch.no_grad():
             next_q = self.target_net(batch["next_obs"])
             if self.double:
-                best = self.net(batch["next_obs"]).argmax(1, keepdim=True)
+                best = self.run_net(batch["next_obs"]).argmax(1, keepdim=True)
                 next_v = next_q.gather(1, best).squeeze(1)
             else:
                 next_v = next_q.max(1).values

@@ -61,8 +61,9 @@ class AgentModule(FodlModule):
 
     def __init__(self, optimizer=None, scheduler=None, scheduler_interval: str = "epoch",
                  gradient_clip_val: float | None = None, log_every_env_steps: int = 1000,
-                 torch_threads: int | None = None, fused_optimizer: bool = False) -> None:
-        super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val)
+                 torch_threads: int | None = None, fused_optimizer: bool = False,
+                 cuda_graph: bool = False) -> None:
+        super().__init__(optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph)
         self.log_every_env_steps = max(int(log_every_env_steps), 1)
         self.fused_optimizer = fused_optimizer
         self.torch_threads = torch_threads
