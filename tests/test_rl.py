@@ -670,3 +670,61 @@ def test_overlapped_env_steps_store_the_same_transitions():
     assert c0 == c1 and e0 == e1 == 2 and d0 == d1
     assert all(torch.equal(x, y) for x, y in zip(b0, b1))
     assert b0[5].sum() < b0[5].numel()   # autoreset rows were stored
+
+
+class _Recorder:
+    """A vector env that records what every step returned."""
+
+    def __init__(self, envs):
+        self.envs, self.num_envs, self.log = envs, envs.num_envs, []
+        self.single_action_space = envs.single_action_space
+
+    def reset(self, **kwargs):
+        return self.envs.reset(**kwargs)
+
+    def send(self, actions):
+        self.envs.send(actions)
+
+    def recv(self):
+        self.log.append(self.envs.recv())
+        return self.log[-1]
+
+    def close(self):
+        self.envs.close()
+
+
+def test_ale_collector_stores_what_the_env_returned():
+    """Breakout in ale-py's vector env through the collector (random actions): every drawable
+    row of the replay rebuilds the observation the agent acted on and the next one (zero-padded
+    after resets), with the step's action, clipped reward and terminal flag (game over or lost
+    life, not a time limit); autoreset rows are never drawn; episode statistics are raw scores."""
+    pytest.importorskip("ale_py")
+    spec = EnvSpec.from_config({"id": "ALE/Breakout-v5", "noop_max": 0, "max_episode_steps": 120})
+    envs = _Recorder(make_vector_env(spec, 2, "ale"))
+    buf = ReplayBuffer(2 * 400, num_envs=2, frame_shape=(84, 84), frame_dtype=torch.uint8, stack=4)
+    col = StepCollector(envs, buf, seed=1, life_loss=True, stacked=True)
+    col.reset()
+    seen = []
+    for _ in range(300):
+        seen.append((buf.pos, col.obs.copy(), ~col.autoreset))
+        col.step(None)
+    ok = buf.drawable()
+    counts = {"life": 0, "trunc": 0, "term": 0, "checked": 0}
+    for i, (row, obs, valid) in enumerate(seen[:-1]):
+        nxt, reward, term, trunc, info = envs.log[i]
+        for e in range(2):
+            assert ok[row, e] == valid[e]
+            if not valid[e]:
+                continue
+            assert np.array_equal(buf.observation(row, e).numpy(), obs[e])
+            assert np.array_equal(buf.observation(row + 1, e).numpy(), nxt[e])
+            assert buf.rewards[row, e] == reward[e] and reward[e] in (0.0, 1.0)
+            assert bool(buf.terminal[row, e]) == bool(term[e] or info["life_lost"][e])
+            counts["life"] += bool(info["life_lost"][e] and not term[e])
+            counts["trunc"] += bool(trunc[e])
+            counts["term"] += bool(term[e])
+            counts["checked"] += 1
+    assert counts["life"] >= 2 and counts["trunc"] >= 2 and counts["checked"] > 500, counts
+    scores = [r for r, _ in col.drain()]
+    assert len(scores) >= 2 and all(r >= 0 for r in scores)
+    col.close()
