@@ -670,6 +670,12 @@ def test_overlapped_env_steps_store_the_same_transitions():
     assert c0 == c1 and e0 == e1 == 2 and d0 == d1
     assert all(torch.equal(x, y) for x, y in zip(b0, b1))
     assert b0[5].sum() < b0[5].numel()   # autoreset rows were stored
+    # gymnasium's vector envs (CartPole) cannot step in the background: nothing is left running
+    sync = StepCollector(counter_envs(2, 1), ReplayBuffer(40, num_envs=2, frame_shape=(1, 2, 2),
+                                                          frame_dtype=torch.uint8), seed=0)
+    sync.collect(RandomAgent(), 6, overlap=True)
+    assert sync._pending is None and sync.buffer.pos == 3
+    sync.close()
 
 
 class _Recorder:

@@ -178,11 +178,13 @@ class StepCollector:
         """Step until at least ``transitions`` transitions were taken; steps taken while
         ``env_steps < random_until`` act at random (the replay warm-up). Returns the count.
 
-        ``overlap=True``: the last vector step is left running (:meth:`send` without
-        :meth:`finish`), so that the emulators step while the caller trains; the next call
+        ``overlap=True`` and a vector env with ``send`` / ``recv``: the last vector step is
+        left running (:meth:`send` without :meth:`finish`), so that the emulators step while
+        the caller trains (other vector envs: no effect); the next call
         (or :meth:`finish`) ends it. Its actions were chosen before that training: the policy
         acting is at most one update behind (as in asynchronous actor-learner setups)."""
         self.finish()
+        overlap = overlap and hasattr(self.envs, "send")   # other envs step in finish() anyway
         taken = 0
         while taken < transitions:
             taken += self.send(None if (agent is None or self.env_steps < random_until) else agent)
