@@ -343,6 +343,8 @@ def test_copy_training_through_train_writes_metrics_and_memory_figures(tmp_path)
                          "trainer.enable_model_summary=false"], tmp_path / "run")
     metrics = train(cfg)
     assert 0 <= metrics["test/error"] <= 1 and "test/error_len6" in metrics and "val/error" in metrics
+    assert {k for k in metrics if k.startswith("val/error_len")} == {"val/error_len1", "val/error_len2",
+                                                                      "val/error_len3"}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
