@@ -127,7 +127,7 @@ def _state(out: Path, ledger_dir: Path | None, e, seed: int) -> str:
     on_disk = inspect(out, e, seed)
     if ledger_dir is None or ledger.read(ledger_dir, e, seed).state != "finished":
         return on_disk.state
-    return "finished" if on_disk.state == "finished" else f"recorded ({on_disk.state} in {out})"
+    return "finished" if on_disk.state == "finished" else "recorded"  # in the ledger, not in --out
 
 
 if __name__ == "__main__":

@@ -358,3 +358,33 @@ def test_import_from_the_command_line(tmp_path):
     r = run_script("reproduce.py", [*args, "--import", str(tmp_path / "nowhere")], cwd=tmp_path,
                    env={"PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert r.returncode == 2 and "no such directory" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_an_entry_can_report_another_entrys_runs(tmp_path):
+    alias = """\
+- id: a4
+  chapter: 4
+  section: "4, a again"
+  page: ch04_z
+  model: logreg
+  what: "the runs of a, with the training cost"
+  same_as: a
+  metrics: [{key: test/acc, label: test accuracy, scale: 100, digits: 2, unit: "%"}, {key: train/loss, label: cost}]
+"""
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES + alias))
+    a, a4 = reg.get("a"), reg.get("a4")
+    assert a4.overrides == a.overrides and a4.seeds == a.seeds and a4.command() == a.command()
+    assert [e.id for e in registry.select(reg, only=["a4"])] == ["a"]           # runs a's seeds
+    assert [e.id for e in registry.select(reg, chapters=[4])] == ["a"]
+    assert [e.id for e in registry.select(reg)] == ["a", "b"]                   # once
+    root, led = tmp_path / "runs", tmp_path / "led"
+    _fake_run(root, a, 0, {"test/acc": 0.9, "train/loss": 0.25})
+    ledger.import_runs(reg, root, led)
+    assert not (led / "a4").exists()
+    row = next(r for r in report.collect(reg, tmp_path / "gone", led) if r.entry.id == "a4")
+    assert row.show(a4.metrics[0]) == "90.00% (n=1)" and row.show(a4.metrics[1]) == "0.2500 (n=1)"
+    bad = ENTRIES + alias.replace("same_as: a", "same_as: a\n  overrides: [model=logreg]")
+    with pytest.raises(FodlError, match=r"entry a4.*not overrides"):
+        registry.load(_write_registry(tmp_path / "r2.yaml", bad))
+    with pytest.raises(FodlError, match=r"entry a4.*same_as: zz"):
+        registry.load(_write_registry(tmp_path / "r3.yaml", ENTRIES + alias.replace("same_as: a", "same_as: zz")))

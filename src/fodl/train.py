@@ -196,7 +196,7 @@ def _cpu_has_bf16() -> bool:
 def _warn_slow_cpu_precision(trainer: L.Trainer) -> None:
     """bf16 on a CPU without native bfloat16 kernels runs, emulated, and is usually slower
     than fp32 (on one with them, e.g. AVX512-BF16, bf16-mixed trains the CIFAR net's epochs
-    markedly faster at equal accuracy; README chapter 5): say so, with the fix. Lightning
+    markedly faster at equal accuracy; docs/performance.md): say so, with the fix. Lightning
     runs 16-mixed as bf16-mixed on a CPU, so this covers it too."""
     precision = str(trainer.precision)
     if trainer.strategy.root_device.type == "cpu" and precision.startswith("bf16") and not _cpu_has_bf16():

@@ -45,7 +45,7 @@ def _load(p: Path) -> dict[str, Any]:
 def read(ledger: str | Path, entry: Entry, seed: int) -> SeedRun:
     """The ledger's run of (entry, seed): *finished* (recorded with this entry's overrides),
     *stale* (recorded with other overrides: the registry changed) or *missing*."""
-    p = path(ledger, entry.id, seed)
+    p = path(ledger, entry.runs_id, seed)
     rec = _load(p)
     if not rec:
         return SeedRun(seed, p, "missing")
@@ -133,7 +133,7 @@ def import_runs(reg: Registry, source: str | Path, ledger: str | Path = LEDGER,
     if not found:
         raise FodlError(f"--import {source}: no {RECORD} below it, so no run of "
                         "scripts/reproduce.py to import. Give the directory given to its --out.")
-    known = {e.id: e for e in reg.entries}
+    known = {e.id: e for e in reg.entries if e.same_as is None}
     out = []
     for rec_file in found:
         d = rec_file.parent
@@ -143,7 +143,9 @@ def import_runs(reg: Registry, source: str | Path, ledger: str | Path = LEDGER,
         if raw.get("smoke"):
             why = "a smoke run (a few batches), not a result"
         elif eid not in known:
-            why = f"no registry entry {eid!r}"
+            alias = next((e for e in reg.entries if e.id == eid and e.same_as), None)
+            why = (f"{eid} now reports {alias.same_as}'s runs (same_as); run or import those"
+                   if alias else f"no registry entry {eid!r}")
         elif not isinstance(seed, int):
             why = f"no seed in its {RECORD}"
         if why:

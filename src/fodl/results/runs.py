@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def run_dir(root: str | Path, entry: Entry, seed: int) -> Path:
-    return Path(root) / entry.id / f"seed{seed}"
+    return Path(root) / entry.runs_id / f"seed{seed}"
 
 
 @dataclass
