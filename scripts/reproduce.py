@@ -22,6 +22,7 @@ run failed (the others still ran), 2 for bad options.
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from fodl.errors import FodlError, reports_errors
@@ -35,6 +36,8 @@ def main(argv=None) -> int:
     ap.add_argument("--only", action="append", default=[], metavar="ID",
                     help="an entry id (repeat, or comma-separate, for more)")
     ap.add_argument("--chapter", action="append", type=int, default=[], help="a book chapter (repeatable)")
+    ap.add_argument("--seeds", default=None, metavar="K,K",
+                    help="only these of each selected entry's seeds (e.g. 0 on a short GPU loan)")
     ap.add_argument("--cpu-minutes", type=float, default=None,
                     help="CPU entries estimated at most this many minutes a seed (default: all)")
     ap.add_argument("--gpu", action="store_true", help="include the GPU entries (needs a GPU)")
@@ -96,6 +99,14 @@ def main(argv=None) -> int:
         write_report()
         return 0
     entries = registry.select(reg, only, args.chapter, args.cpu_minutes, args.gpu)
+    if args.seeds is not None:
+        try:
+            wanted = {int(k) for k in args.seeds.split(",") if k.strip()}
+        except ValueError:
+            raise FodlError(f"--seeds {args.seeds}: give seed numbers separated by commas, e.g. "
+                            "--seeds 0,1.") from None
+        entries = [e for e in (replace(e, seeds=tuple(k for k in e.seeds if k in wanted))
+                               for e in entries) if e.seeds]
     if not entries:
         raise FodlError("No registry entry matches these options (GPU entries need --gpu; "
                         "--cpu-minutes keeps entries of at most that many minutes a seed). "

@@ -358,6 +358,13 @@ def test_import_from_the_command_line(tmp_path):
     r = run_script("reproduce.py", [*args, "--import", str(tmp_path / "nowhere")], cwd=tmp_path,
                    env={"PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert r.returncode == 2 and "no such directory" in r.stderr and "Traceback" not in r.stderr
+    r = run_script("reproduce.py", [*args, "--list", "--seeds", "1,2", "--gpu"], cwd=tmp_path,
+                   env={"PYTHONPATH": str(ROOT / "src")}, timeout=120)        # a subset of the seeds
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
+    assert r.returncode == 0 and set(lines) == {"a", "b", "g"}, r.stdout + r.stderr
+    assert "seed 1: missing, seed 2: missing" in lines["a"] and "seed 0" not in lines["a"]
+    assert "seed 1: missing" in lines["b"] and "seed 2" not in lines["b"]
+    assert "seed 0: recorded" not in lines["g"] and "seed 1: missing" in lines["g"]
 
 
 def test_an_entry_can_report_another_entrys_runs(tmp_path):
