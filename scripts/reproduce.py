@@ -62,7 +62,7 @@ def main(argv=None) -> int:
                     help="where the runs live (default outputs/reproduce)")
     ap.add_argument("--docs", default=str(REPO / "docs"), help="where results.md is written")
     ap.add_argument("--readme", default=str(REPO / "README.md"),
-                    help="README whose headline table is rewritten ('' for none)")
+                    help="README whose headline table is rewritten ('' or none: no README)")
     args = ap.parse_args(argv)
     if args.jobs < 1:
         raise FodlError(f"--jobs {args.jobs}: give 1 or more runs at a time.")
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     def write_report() -> None:
         if args.smoke:
             return
-        for p in report.write(reg, out, args.docs, args.readme or None, ledger_dir):
+        for p in report.write(reg, out, args.docs, args.readme if args.readme not in ('', 'none') else None, ledger_dir):
             print(f"wrote {p}")
 
     if args.import_dirs:
