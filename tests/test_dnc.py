@@ -343,6 +343,8 @@ def test_copy_training_through_train_writes_metrics_and_memory_figures(tmp_path)
                          "trainer.enable_model_summary=false"], tmp_path / "run")
     metrics = train(cfg)
     assert 0 <= metrics["test/error"] <= 1 and "test/error_len6" in metrics and "val/error" in metrics
+    assert {k for k in metrics if k.startswith("val/error_len")} == {"val/error_len1", "val/error_len2",
+                                                                      "val/error_len3"}
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     tags = set()
@@ -351,6 +353,20 @@ def test_copy_training_through_train_writes_metrics_and_memory_figures(tmp_path)
         acc.Reload()
         tags |= set(acc.Tags()["images"])
     assert {"memory/one_sequence", "val/bit_error_by_length", "test/bit_error_by_length"} <= tags
+
+    # scripts/eval.py on the copy task, with data.* overrides (as typed: data.x=..., not ++data.x)
+    from fodl.train import eval_overrides, evaluate
+
+    (best,) = (tmp_path / "run" / "checkpoints").glob("epoch*.ckpt")
+    same = evaluate(compose_train(eval_overrides([f"ckpt_path={best}"]), tmp_path / "ev0", config_name="eval"))
+    assert same["test/error"] == pytest.approx(metrics["test/error"])
+    longer = evaluate(compose_train(eval_overrides([f"ckpt_path={best}", "data.test_lengths=[1,8]",
+                                                    "data.eval_batches=2"]), tmp_path / "ev1",
+                                    config_name="eval"))
+    assert "test/error_len8" in longer and "test/error_len9" not in longer
+    with pytest.raises(FodlError, match=r"data\.data_dir is not a setting of .*CopyTaskDataModule"):
+        evaluate(compose_train(eval_overrides([f"ckpt_path={best}", "data.data_dir=/x"]), tmp_path / "ev2",
+                               config_name="eval"))
 
 
 @pytest.mark.realdata

@@ -16,7 +16,7 @@ from omegaconf.errors import OmegaConfBaseException
 from conftest import ROOT, make_mnist_like, run_script
 from fodl.config import CONF_DIR
 from fodl.errors import FodlError
-from fodl.results import registry, report, runner
+from fodl.results import ledger, registry, report, runner
 from fodl.results.runs import inspect, run_dir, write_record
 
 
@@ -86,11 +86,13 @@ ENTRIES = """\
 
 
 def _fake_run(root: Path, entry, seed: int, metrics: dict | None, status: str = "completed",
-              error: str | None = None, overrides=None) -> Path:
-    d = run_dir(root, entry, seed)
+              error: str | None = None, overrides=None, finished: str = "2026-12-04T10:00:00Z",
+              commit: str = "abc1234", d: Path | None = None, smoke: bool = False) -> Path:
+    d = d or run_dir(root, entry, seed)
     write_record(d, {"id": entry.id, "overrides": list(overrides or entry.overrides), "seed": seed,
                      "status": status, "error": error, "wall_s": 60.0 * (seed + 1),
-                     "commit": "abc1234", "hardware": "Test CPU, 2 threads"})
+                     "commit": commit, "hardware": "Test CPU, 2 threads", "finished": finished,
+                     "command": entry.command(seed), "smoke": smoke})
     if metrics is not None:
         (d / "metrics.json").write_text(json.dumps(metrics))
     return d
@@ -154,6 +156,92 @@ def test_report_mean_std_n_missing_and_failed_rows(tmp_path):
     assert "[`logreg`](docs/ch03_x.md)" in head and "mnist_mlp" not in head  # headline rows only
     report.write(reg, root, docs, readme)                      # idempotent: blocks stay blocks
     assert page.read_text() == text and readme.read_text() == head
+
+
+# ------------------------------------------------------------------ the run ledger
+def _report(reg, root, ledger_dir, tmp: Path) -> str:
+    docs = tmp / "docs"
+    docs.mkdir(parents=True)
+    report.write(reg, root, docs, None, ledger_dir, now="NOW")
+    return (docs / "results.md").read_text()
+
+
+def test_report_from_the_ledger_alone_equals_the_report_from_the_run_directories(tmp_path):
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES))
+    a, b, _ = reg.entries
+    root = tmp_path / "outputs" / "reproduce"
+    for seed, acc in ((0, 0.90), (1, 0.92), (2, 0.94)):
+        _fake_run(root, a, seed, {"test/acc": acc, "val/acc": 0.5 + seed / 100})
+    _fake_run(root, b, 1, {"test/acc": 0.97})
+    from_dirs = _report(reg, root, None, tmp_path / "dirs")
+    assert "92.00% ± 2.00% (n=3)" in from_dirs and "97.00% (n=1)" in from_dirs
+
+    led = tmp_path / "results" / "runs"
+    done = ledger.import_runs(reg, root, led)
+    assert sorted((i.entry_id, i.seed, i.action) for i in done) == [
+        ("a", 0, "added"), ("a", 1, "added"), ("a", 2, "added"), ("b", 1, "added")]
+    rec = json.loads((led / "a" / "seed1.json").read_text())
+    assert rec["metrics"] == {"test/acc": 0.92, "val/acc": 0.51} and rec["commit"] == "abc1234"
+    assert rec["hardware"] == "Test CPU, 2 threads" and rec["wall_s"] == 120.0 and rec["device"] == "cpu"
+    assert rec["command"] == "python scripts/train.py model=logreg seed=1" and rec["overrides"] == ["model=logreg"]
+
+    import shutil
+
+    shutil.rmtree(tmp_path / "outputs")                               # outputs/ lost: a fresh clone
+    assert _report(reg, root, led, tmp_path / "ledger") == from_dirs
+
+
+def test_import_skips_what_is_not_a_result_and_fills_in_the_commit(tmp_path):
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES))
+    a, b, g = reg.entries
+    gpu = tmp_path / "gpu" / "fodl-runs" / "reproduce"             # another machine's --out tree
+    _fake_run(gpu, g, 0, {"test/acc": 0.8}, commit="unknown")
+    _fake_run(gpu, g, 1, None, status="failed", error="exit status 1: CUDA out of memory")
+    _fake_run(gpu, g, 2, {"test/acc": 0.1}, overrides=["model=cifar_cnn"])         # other overrides
+    _fake_run(gpu, a, 0, {"test/acc": 0.5}, smoke=True)
+    _fake_run(gpu, a, 1, {"test/acc": 0.5}, d=gpu / "zz" / "seed1")                 # any directory name
+    write_record(gpu / "gone" / "seed0", {"id": "gone", "seed": 0, "overrides": [], "status": "completed"})
+    led = tmp_path / "ledger"
+    done = {(i.entry_id, i.seed): i for i in ledger.import_runs(reg, tmp_path / "gpu", led, commit="f00d123")}
+    assert {k: v.action for k, v in done.items()} == {
+        ("g", 0): "added", ("g", 1): "skipped", ("g", 2): "skipped", ("a", 0): "skipped",
+        ("a", 1): "added", ("gone", 0): "skipped"}
+    assert "CUDA out of memory" in done[("g", 1)].why and "other overrides" in done[("g", 2)].why
+    assert "smoke" in done[("a", 0)].why and "no registry entry 'gone'" in done[("gone", 0)].why
+    assert json.loads((led / "g" / "seed0.json").read_text())["commit"] == "f00d123"
+    assert [i.action for i in ledger.import_runs(reg, tmp_path / "gpu", led, commit="f00d123")
+            if i.action != "skipped"] == ["unchanged", "unchanged"]
+    with pytest.raises(FodlError, match="no reproduce.json below it"):
+        ledger.import_runs(reg, tmp_path / "ledger", led)
+
+
+def test_a_rerun_of_a_seed_replaces_its_record_and_an_older_run_does_not(tmp_path):
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES))
+    a = reg.entries[0]
+    led = tmp_path / "ledger"
+    first = tmp_path / "first"
+    _fake_run(first, a, 0, {"test/acc": 0.90}, finished="2026-12-04T10:00:00Z")
+    assert [i.action for i in ledger.import_runs(reg, first, led)] == ["added"]
+    later = tmp_path / "later"
+    _fake_run(later, a, 0, {"test/acc": 0.95}, finished="2026-12-04T12:00:00Z")
+    assert [i.action for i in ledger.import_runs(reg, later, led)] == ["replaced"]
+    assert [i.action for i in ledger.import_runs(reg, first, led)] == ["kept"]   # older: kept out
+    assert ledger.read(led, a, 0).metrics["test/acc"] == 0.95
+    # the report: the later of the ledger's and the run directory's run of a seed
+    rows = report.collect(reg, first, led)
+    assert rows[0].runs[0].metrics["test/acc"] == 0.95
+    _fake_run(first, a, 0, {"test/acc": 0.99}, finished="2026-12-04T13:00:00Z")  # re-run here, not recorded
+    assert report.collect(reg, first, led)[0].runs[0].metrics["test/acc"] == 0.99
+    # the registry changes the entry's overrides: its records are stale, not shown, replaced
+    reg2 = registry.load(_write_registry(tmp_path / "r2.yaml", ENTRIES.replace(
+        "overrides: [model=logreg]", "overrides: [model=logreg, optimizer=adam]")))
+    a2 = reg2.entries[0]
+    assert ledger.read(led, a2, 0).state == "stale"
+    assert report.collect(reg2, tmp_path / "none", led)[0].runs[0].state == "missing"
+    new = tmp_path / "new"
+    _fake_run(new, a2, 0, {"test/acc": 0.5}, finished="2026-12-04T09:00:00Z")
+    assert [i.action for i in ledger.import_runs(reg2, new, led)] == ["replaced"]
+    assert ledger.read(led, a2, 0).state == "finished"
 
 
 # ------------------------------------------------------------------ the runner
@@ -225,3 +313,85 @@ def test_bad_options_are_one_paragraph(tmp_path):
                    env={"PYTHONPATH": str(ROOT / "src")}, timeout=120)
     assert r.returncode == 2 and r.stderr.startswith("error: 'nope' is not an entry")
     assert "Traceback" not in r.stderr
+
+
+def test_runner_records_finished_runs_and_skips_recorded_seeds(tmp_path, monkeypatch):
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES))
+    a = reg.entries[0]
+    root, led = tmp_path / "outputs" / "reproduce", tmp_path / "results" / "runs"
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(runner, "TRAIN", fake)
+    monkeypatch.setenv("CALLS", str(tmp_path))
+    jobs, done = runner.plan([a], root, ledger_dir=led)
+    assert done == 0 and len(jobs) == 3
+    assert all(o.ok for o in runner.run_all(jobs, done, say=lambda s: None, ledger_dir=led))
+    rec = json.loads((led / "a" / "seed2.json").read_text())
+    assert rec["metrics"] == {"test/acc": 0.52} and rec["finished"] and rec["source"] == str(run_dir(root, a, 2))
+
+    import shutil
+
+    shutil.rmtree(root)                                                # outputs/ lost
+    jobs, done = runner.plan([a], root, ledger_dir=led)
+    assert done == 3 and jobs == []                                    # the ledger holds them
+    jobs, done = runner.plan([a], root)                                # without the ledger: all again
+    assert done == 0 and len(jobs) == 3
+    (tmp_path / "calls.txt").unlink()
+    runner.run_all(jobs[:1], 0, say=lambda s: None)                    # seed 0 made again, not recorded
+    jobs, done = runner.plan([a], root, ledger_dir=led, rerun=True)    # --rerun: every seed again
+    assert done == 0 and [j.seed for j in jobs] == [0, 1, 2]
+    assert (root / "a" / "seed0.rerun-1" / "metrics.json").is_file()  # moved aside, not deleted
+
+
+def test_import_from_the_command_line(tmp_path):
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES))
+    _fake_run(tmp_path / "gpu", reg.entries[2], 0, {"test/acc": 0.8123}, commit="unknown")
+    args = ["--registry", str(tmp_path / "r.yaml"), "--ledger", str(tmp_path / "led"),
+            "--docs", str(tmp_path / "docs"), "--readme", ""]
+    r = run_script("reproduce.py", [*args, "--import", str(tmp_path / "gpu"), "--commit", "f00d123"],
+                   cwd=tmp_path, env={"PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "added     g seed 0" in r.stdout and "1 added, 0 replaced" in r.stdout
+    row = next(ln for ln in (tmp_path / "docs" / "results.md").read_text().splitlines()
+               if ln.startswith("| cifar_cnn | g |"))
+    assert "| 0.8123 (n=1) |" in row and "f00d123" in row
+    r = run_script("reproduce.py", [*args, "--import", str(tmp_path / "nowhere")], cwd=tmp_path,
+                   env={"PYTHONPATH": str(ROOT / "src")}, timeout=120)
+    assert r.returncode == 2 and "no such directory" in r.stderr and "Traceback" not in r.stderr
+    r = run_script("reproduce.py", [*args, "--list", "--seeds", "1,2", "--gpu"], cwd=tmp_path,
+                   env={"PYTHONPATH": str(ROOT / "src")}, timeout=120)        # a subset of the seeds
+    lines = {ln.split()[0]: ln for ln in r.stdout.splitlines()}
+    assert r.returncode == 0 and set(lines) == {"a", "b", "g"}, r.stdout + r.stderr
+    assert "seed 1: missing, seed 2: missing" in lines["a"] and "seed 0" not in lines["a"]
+    assert "seed 1: missing" in lines["b"] and "seed 2" not in lines["b"]
+    assert "seed 0: recorded" not in lines["g"] and "seed 1: missing" in lines["g"]
+
+
+def test_an_entry_can_report_another_entrys_runs(tmp_path):
+    alias = """\
+- id: a4
+  chapter: 4
+  section: "4, a again"
+  page: ch04_z
+  model: logreg
+  what: "the runs of a, with the training cost"
+  same_as: a
+  metrics: [{key: test/acc, label: test accuracy, scale: 100, digits: 2, unit: "%"}, {key: train/loss, label: cost}]
+"""
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES + alias))
+    a, a4 = reg.get("a"), reg.get("a4")
+    assert a4.overrides == a.overrides and a4.seeds == a.seeds and a4.command() == a.command()
+    assert [e.id for e in registry.select(reg, only=["a4"])] == ["a"]           # runs a's seeds
+    assert [e.id for e in registry.select(reg, chapters=[4])] == ["a"]
+    assert [e.id for e in registry.select(reg)] == ["a", "b"]                   # once
+    root, led = tmp_path / "runs", tmp_path / "led"
+    _fake_run(root, a, 0, {"test/acc": 0.9, "train/loss": 0.25})
+    ledger.import_runs(reg, root, led)
+    assert not (led / "a4").exists()
+    row = next(r for r in report.collect(reg, tmp_path / "gone", led) if r.entry.id == "a4")
+    assert row.show(a4.metrics[0]) == "90.00% (n=1)" and row.show(a4.metrics[1]) == "0.2500 (n=1)"
+    bad = ENTRIES + alias.replace("same_as: a", "same_as: a\n  overrides: [model=logreg]")
+    with pytest.raises(FodlError, match=r"entry a4.*not overrides"):
+        registry.load(_write_registry(tmp_path / "r2.yaml", bad))
+    with pytest.raises(FodlError, match=r"entry a4.*same_as: zz"):
+        registry.load(_write_registry(tmp_path / "r3.yaml", ENTRIES + alias.replace("same_as: a", "same_as: zz")))

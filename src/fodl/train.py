@@ -196,7 +196,7 @@ def _cpu_has_bf16() -> bool:
 def _warn_slow_cpu_precision(trainer: L.Trainer) -> None:
     """bf16 on a CPU without native bfloat16 kernels runs, emulated, and is usually slower
     than fp32 (on one with them, e.g. AVX512-BF16, bf16-mixed trains the CIFAR net's epochs
-    markedly faster at equal accuracy; README chapter 5): say so, with the fix. Lightning
+    markedly faster at equal accuracy; docs/performance.md): say so, with the fix. Lightning
     runs 16-mixed as bf16-mixed on a CPU, so this covers it too."""
     precision = str(trainer.precision)
     if trainer.strategy.root_device.type == "cpu" and precision.startswith("bf16") and not _cpu_has_bf16():
@@ -266,15 +266,25 @@ def _write_metrics(out: Path, metrics: dict[str, float]) -> None:
         raise unwritable(target, e) from None
 
 
+def eval_overrides(args: list[str]) -> list[str]:
+    """``scripts/eval.py``'s command line with every ``data.<key>=<value>`` made ``++data.<key>=..``:
+    conf/eval.yaml's ``data`` is empty (the data config comes from the checkpoint), so Hydra
+    would refuse a plain ``data.<key>`` as a key not in the config."""
+    return [f"++{a}" if a.startswith("data.") and "=" in a else a for a in args]
+
+
 def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Test a checkpoint on the split ``cfg.split`` with the config stored inside it."""
+    """Test a checkpoint on the split ``cfg.split`` with the config stored inside it, its data
+    settings overridden by ``cfg.data`` (checked against the data module's settings)."""
     check_config(cfg)
     if cfg.split not in ("test", "val"):
         raise FodlError(f"split={cfg.split!r}: choose test or val.")
     overrides = OmegaConf.to_container(cfg.data, resolve=True) if cfg.get("data") else {}
-    overrides.setdefault("data_dir", cfg.paths.data_dir)
-    overrides.setdefault("cache_dir", cfg.paths.cache_dir)
-    module, data_cfg, _ = load_module(cfg.ckpt_path, overrides)
+    module, data_cfg, stored = load_module(cfg.ckpt_path, overrides)
+    for key in ("data_dir", "cache_dir"):  # this machine's paths, for data modules that read files
+        if key in stored.data and key not in overrides:
+            data_cfg[key] = cfg.paths[key]
+    check_config(OmegaConf.create({"data": data_cfg}), machine=False)  # data.* given here, named
     datamodule = instantiate(data_cfg)
     trainer = _trainer(cfg, logger=False, callbacks=[])
     run = trainer.test if cfg.split == "test" else trainer.validate

@@ -25,13 +25,13 @@ class ClassifierModule(FodlModule):
             are plain cross-entropy either way).
         channels_last: keep the net's convolution weights and the image batches in the
             channels-last (NHWC) memory layout. Same numbers up to float rounding; on this
-            project's CPU the book's CIFAR net trains markedly faster per epoch (measured in
-            the README, chapter 5). Needs a net with 2-d convolutions.
+            project's CPU the book's CIFAR net trains markedly faster per epoch (docs/performance.md,
+            docs/ch05_cnn.md). Needs a net with 2-d convolutions.
         compile: ``torch.compile`` the net in place (``nn.Module.compile``: checkpoints keep
             the eager net's keys, so either kind loads into the other). The first training
             step and the first evaluation step compile (seconds to a minute); the numbers
             match eager within float rounding. Measured on the CPU for the book's CIFAR net:
-            no faster (README, chapter 5), so no CPU recipe sets it. Not with ``cuda_graph``.
+            no faster (docs/performance.md), so no CPU recipe sets it. Not with ``cuda_graph``.
         optimizer, scheduler, scheduler_interval, gradient_clip_val, cuda_graph: the shared
             training loop's settings (:class:`~fodl.models.base.FodlModule`).
 

@@ -8,7 +8,8 @@ steps where an output is due (the copy task's write-out phase, bAbI's answer ste
 
 - Copy task: sigmoid cross-entropy per bit; ``*/error`` is the fraction of output bits wrong
   (threshold 0.5), ``*/bits_per_seq`` the bits wrong per sequence, both also per sequence
-  length (``test/error_len<L>``, and a bit-error-vs-length figure in TensorBoard).
+  length (``val/error_len<L>`` every validation epoch, ``test/error_len<L>``, and a
+  bit-error-vs-length figure in TensorBoard).
 - bAbI: softmax cross-entropy over the vocabulary at each answer word; a question is correct
   when all its answer words are; ``*/error_qa<N>`` is task N's question error,
   ``*/error`` the mean over tasks (the paper's "mean error") and ``*/failed_tasks`` the number
@@ -190,9 +191,8 @@ class MemoryModule(FodlModule):
         self.log(f"{stage}/bits_per_seq", float(wrong.sum() / seqs.sum().clamp_min(1)))
         lengths = (seqs > 0).nonzero().flatten().tolist()
         by_length = {n: float(wrong[n] / bits[n]) for n in lengths}
-        if stage == "test":
-            for n, e in by_length.items():
-                self.log(f"test/error_len{n}", e)
+        for n, e in by_length.items():  # per length, every validation epoch too (a curve per length)
+            self.log(f"{stage}/error_len{n}", e)
         if writer is not None:
             writer.add_figure(f"{stage}/bit_error_by_length", error_by_length_figure(by_length),
                               self.global_step)

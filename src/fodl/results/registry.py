@@ -4,7 +4,7 @@ as ``scripts/reproduce.py``'s options ask."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -15,7 +15,7 @@ from fodl.errors import FodlError
 REGISTRY = Path(__file__).resolve().parents[3] / "conf" / "reproduce.yaml"
 DEVICES = ("cpu", "gpu")
 _FIELDS = {"id", "chapter", "section", "page", "model", "headline", "what", "overrides", "metrics",
-           "book", "anchors", "seeds", "cost", "runs_as"}
+           "book", "anchors", "seeds", "cost", "runs_as", "same_as"}
 _METRIC_FIELDS = {"key", "label", "scale", "digits", "unit"}
 
 
@@ -48,10 +48,16 @@ class Entry:
     anchors: tuple[dict[str, str], ...] = ()
     headline: bool = False
     runs_as: str | None = None  # an analysis command the pipeline does not run (yet)
+    same_as: str | None = None  # another entry whose runs this row reports (the same config)
 
     @property
     def automated(self) -> bool:
         return self.runs_as is None
+
+    @property
+    def runs_id(self) -> str:
+        """The id its runs are made and recorded under (``same_as``'s for a row of another's runs)."""
+        return self.same_as or self.id
 
     def command(self, seed: int | None = None) -> str:
         """The ``scripts/train.py`` command of one seed (all seeds: ``seed=0,1,2`` with -m)."""
@@ -97,9 +103,21 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
     unknown = set(raw) - _FIELDS
     if unknown:
         raise _bad(path, f"entry {eid}", f"unknown field(s) {', '.join(sorted(unknown))}")
-    for need in ("chapter", "section", "page", "model", "what", "cost"):
+    same_as = raw.get("same_as")
+    for need in ("chapter", "section", "page", "model", "what") + (() if same_as else ("cost",)):
         if need not in raw:
             raise _bad(path, f"entry {eid}", f"the field {need} is missing")
+    if same_as:
+        clash = sorted({"overrides", "seeds", "cost", "runs_as"} & set(raw))
+        if clash:
+            raise _bad(path, f"entry {eid}", f"same_as: {same_as} takes its runs, so not "
+                       f"{', '.join(clash)} (they are {same_as}'s)")
+        if not raw.get("metrics"):
+            raise _bad(path, f"entry {eid}", "an entry needs metrics")
+        return Entry(eid, int(raw["chapter"]), str(raw["section"]), str(raw["page"]), str(raw["model"]),
+                     str(raw["what"]), (), tuple(_metric(path, eid, m) for m in raw["metrics"]), (),
+                     "cpu", None, raw.get("book"), tuple(raw.get("anchors") or ()),
+                     bool(raw.get("headline", False)), None, str(same_as))
     cost = raw["cost"] or {}
     device = cost.get("device")
     if device not in DEVICES:
@@ -145,17 +163,28 @@ def load(path: str | Path = REGISTRY) -> Registry:
         if e.id in seen:
             raise _bad(path, f"entry {e.id}", "the id is used twice")
         seen.add(e.id)
+    by_id = {e.id: e for e in reg.entries}
+    for i, e in enumerate(reg.entries):
+        if e.same_as is None:
+            continue
+        target = by_id.get(e.same_as)
+        if target is None or target.same_as is not None or not target.automated:
+            raise _bad(path, f"entry {e.id}", f"same_as: {e.same_as} must name a training entry "
+                       "of its own runs")
+        reg.entries[i] = replace(e, overrides=target.overrides, seeds=target.seeds,
+                                 device=target.device, minutes=target.minutes)
     return reg
 
 
 def select(reg: Registry, only: Iterable[str] = (), chapters: Iterable[int] = (),
            cpu_minutes: float | None = None, gpu: bool = False) -> list[Entry]:
     """The training entries to run: ``only`` ids (all when empty), of ``chapters``; CPU entries
-    estimated at most ``cpu_minutes`` a seed; GPU entries only with ``gpu``."""
+    estimated at most ``cpu_minutes`` a seed; GPU entries only with ``gpu``. An entry reporting
+    another's runs (``same_as``) selects that one."""
     only, chapters = list(only), set(chapters)
     for i in only:
         reg.get(i)  # unknown ids are errors
-    out = []
+    out: list[Entry] = []
     for e in reg.entries:
         if only and e.id not in only:
             continue
@@ -163,9 +192,11 @@ def select(reg: Registry, only: Iterable[str] = (), chapters: Iterable[int] = ()
             continue
         if not e.automated:
             continue
+        e = reg.get(e.same_as) if e.same_as else e
         if e.device == "gpu" and not gpu:
             continue
         if e.device == "cpu" and cpu_minutes is not None and (e.minutes or 0) > cpu_minutes:
             continue
-        out.append(e)
+        if e not in out:
+            out.append(e)
     return out

@@ -6,7 +6,11 @@ directory, resumable across restarts (``scripts/reproduce.py``).
   ``ckpt_path=auto`` (its own run directory holds the newest ``last.ckpt`` of those overrides);
 - a *failed* one is run again, and if it fails again it is reported while the others go on;
 - a *stale* one (made with other overrides: the registry changed) is moved aside to
-  ``seed<k>.stale-<n>`` and run afresh; nothing already written is deleted.
+  ``seed<k>.stale-<n>`` and run afresh; nothing already written is deleted;
+- a seed the run ledger (``results/runs/``, :mod:`fodl.results.ledger`) holds with the same
+  overrides is finished too, even when its run directory is gone (a fresh clone); every run
+  that finishes is recorded there. ``rerun=True`` runs the selected seeds again: finished run
+  directories are moved aside to ``seed<k>.rerun-<n>``, and each new run replaces its record.
 
 ``smoke=True`` runs every selected entry's first seed for a few batches of one epoch under
 ``outputs/reproduce-smoke/`` (a check that each entry still runs end to end, not a result).
@@ -23,12 +27,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fodl.results import ledger
 from fodl.results.registry import Entry
 from fodl.results.runs import (
     REPO,
     git_commit,
     hardware,
     inspect,
+    inspect_dir,
     last_checkpoint,
     last_error,
     run_dir,
@@ -58,8 +64,17 @@ class Outcome:
     error: str | None = None
 
 
-def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False) -> tuple[list[Job], int]:
-    """The runs still to make, and how many are already finished."""
+def _move_aside(d: Path, why: str) -> None:
+    n = 1
+    while (aside := d.with_name(f"{d.name}.{why}-{n}")).exists():
+        n += 1
+    d.rename(aside)
+
+
+def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False,
+         ledger_dir: str | Path | None = None, rerun: bool = False) -> tuple[list[Job], int]:
+    """The runs still to make, and how many are already finished (in ``root`` or, with
+    ``ledger_dir``, in the run ledger)."""
     jobs, done = [], 0
     for e in entries:
         for seed in (e.seeds[:1] if smoke else e.seeds):
@@ -67,14 +82,15 @@ def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False) -> tup
                 jobs.append(Job(e, seed, run_dir(root, e, seed), False))
                 continue
             r = inspect(root, e, seed)
-            if r.state == "finished":
+            if rerun and r.state == "finished":
+                _move_aside(r.path, "rerun")
+                r = inspect(root, e, seed)
+            recorded = ledger_dir is not None and ledger.read(ledger_dir, e, seed).state == "finished"
+            if not rerun and (r.state == "finished" or recorded):
                 done += 1
                 continue
             if r.state == "stale":
-                n = 1
-                while (aside := r.path.with_name(f"{r.path.name}.stale-{n}")).exists():
-                    n += 1
-                r.path.rename(aside)
+                _move_aside(r.path, "stale")
             resume = r.state in ("interrupted", "failed") and last_checkpoint(r.path) is not None
             jobs.append(Job(e, seed, r.path, resume))
     return jobs, done
@@ -89,8 +105,9 @@ def command(job: Job, smoke: bool = False) -> list[str]:
     return [sys.executable, str(TRAIN), *args]
 
 
-def run_one(job: Job, smoke: bool = False) -> Outcome:
-    """Run one seed of one entry to its end; record it in ``reproduce.json``."""
+def run_one(job: Job, smoke: bool = False, ledger_dir: str | Path | None = None) -> Outcome:
+    """Run one seed of one entry to its end; record it in ``reproduce.json`` and, when it
+    finished and ``ledger_dir`` is given, in the run ledger."""
     import json
 
     d = job.path
@@ -128,6 +145,8 @@ def run_one(job: Job, smoke: bool = False) -> Outcome:
                   wall_s=round(previous_wall + wall, 1), resumed=job.resume,
                   finished=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
     write_record(d, record)
+    if ok and not smoke and ledger_dir is not None:
+        ledger.record(ledger_dir, job.entry, inspect_dir(d, job.entry, job.seed))
     return Outcome(job, ok, wall, error)
 
 
@@ -149,7 +168,7 @@ def _fmt_minutes(m: float) -> str:
 
 
 def run_all(jobs: list[Job], done: int, smoke: bool = False, workers: int = 1,
-            say: Callable[[str], None] = print) -> list[Outcome]:
+            say: Callable[[str], None] = print, ledger_dir: str | Path | None = None) -> list[Outcome]:
     """Run ``jobs`` (``workers`` at a time), printing progress: which run, how many are left,
     and an estimate of the time left (the registry's minutes, scaled by how this machine has
     done so far against them)."""
@@ -172,7 +191,7 @@ def run_all(jobs: list[Job], done: int, smoke: bool = False, workers: int = 1,
             say(f"[{started[0]}/{total}] {job.entry.id} seed {job.seed}"
                 f"{' (resuming)' if job.resume else ''}: {len(left)} run(s) left, time left {eta(left)}"
                 f" -> {job.path}")
-        out = run_one(job, smoke)
+        out = run_one(job, smoke, ledger_dir)
         with lock:
             outcomes.append(out)
             if out.ok and job.entry.minutes:

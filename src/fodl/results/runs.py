@@ -22,7 +22,7 @@ REPO = Path(__file__).resolve().parents[3]
 
 
 def run_dir(root: str | Path, entry: Entry, seed: int) -> Path:
-    return Path(root) / entry.id / f"seed{seed}"
+    return Path(root) / entry.runs_id / f"seed{seed}"
 
 
 @dataclass
@@ -52,7 +52,11 @@ def inspect(root: str | Path, entry: Entry, seed: int) -> SeedRun:
     with this entry's overrides and seed; *stale*: made with other overrides (the registry
     changed); *interrupted*: started, no result yet (a ``last.ckpt`` lets it continue);
     *failed*: the last attempt ended with an error; *missing*: never started."""
-    d = run_dir(root, entry, seed)
+    return inspect_dir(run_dir(root, entry, seed), entry, seed)
+
+
+def inspect_dir(d: Path, entry: Entry, seed: int) -> SeedRun:
+    """:func:`inspect` of a run directory ``d`` wherever it is (e.g. one made on another machine)."""
     record = _json(d / RECORD)
     if not d.is_dir() or not record:
         return SeedRun(seed, d, "missing")
@@ -106,14 +110,22 @@ def cpu_model() -> str:
 
 
 def gpu_name() -> str | None:
-    if not shutil.which("nvidia-smi"):
-        return None
+    """The first GPU's name (nvidia-smi, else torch)."""
+    out = ""
+    if shutil.which("nvidia-smi"):
+        try:
+            out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
+                                 capture_output=True, text=True, timeout=20).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            out = ""
+    if out:
+        return out.splitlines()[0].strip()
     try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=20).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
+        import torch
+
+        return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    except Exception:  # noqa: BLE001 - a name is a nicety; no GPU name is not an error
         return None
-    return out.splitlines()[0].strip() if out else None
 
 
 def hardware(device: str) -> str:
