@@ -427,6 +427,23 @@ def test_bigram_inputs_see_the_previous_word():
         assert torch.equal(xa[0, 1], xb[0, 1]) == (buckets == 0)  # step 1 sees (w0, w1)
 
 
+def test_trigram_inputs_see_the_two_previous_words():
+    torch.manual_seed(0)
+    a = torch.tensor([[5, 7, 9, 11, 13]])
+    b = torch.tensor([[6, 7, 9, 11, 13]])  # only the first word differs
+    bigrams = LSTMClassifierNet(50, 6, 7, bigram_buckets=101).eval()
+    both = LSTMClassifierNet(50, 6, 7, bigram_buckets=101, trigram_buckets=103).eval()
+    assert both.trigram_embed.weight.shape == (103, 6)
+    both.load_state_dict(bigrams.state_dict(), strict=False)
+    for net in (bigrams, both):
+        xa, xb = net.inputs(a), net.inputs(b)
+        assert torch.equal(xa[0, 3:], xb[0, 3:])  # steps 3, 4 see the same three words
+        assert torch.equal(xa[0, 2], xb[0, 2]) == (net is bigrams)  # step 2 sees (w0, w1, w2)
+    # the trigram table adds to the word + bigram inputs; a one-word review works too
+    assert not torch.equal(both.inputs(a), bigrams.inputs(a))
+    assert both(torch.tensor([[4]]), torch.tensor([1])).shape == (1, 2)
+
+
 def test_bench_sentiment_on_a_tiny_tree(trained, monkeypatch, capsys):
     metrics, ckpt, data = trained
     bench = runpy.run_path(str(ROOT / "scripts" / "bench_sentiment.py"))
@@ -440,3 +457,31 @@ def test_bench_sentiment_on_a_tiny_tree(trained, monkeypatch, capsys):
     assert lstm == pytest.approx(100 * metrics["test/acc"], abs=0.01)  # the same test set, same model
     monkeypatch.setattr(sys, "argv", ["bench_sentiment.py", "--data-dir", str(data / "nothing")])
     assert bench["main"]() == 2 and "No IMDB data" in capsys.readouterr().err
+
+
+def test_weight_averaging_is_validated_checkpointed_and_tested(tmp_path):
+    """fodl.callbacks.EMAWeightAveraging (Lightning's callback) under fodl's manual loop: one
+    update per optimizer step, the average in the checkpoint's state_dict, and the test after
+    fit scores the average (Lightning's own callback would load the raw weights back)."""
+    from fodl.train import build
+
+    make_aclimdb(tmp_path / "data" / "imdb")
+    cfg = compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, *SMALL, "trainer.max_epochs=2",
+                         "+callbacks.ema._target_=fodl.callbacks.EMAWeightAveraging",
+                         "+callbacks.ema.decay=0.5"], tmp_path / "run")
+    dm, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=dm)
+    steps = trainer.global_step
+    assert steps == 2 * len(dm.train_dataloader()) and model._direct  # fodl's direct step path
+    ckpt = read_checkpoint(trainer.checkpoint_callback.best_model_path)
+    assert int(ckpt["averaging_state"]["n_averaged"]) in (steps // 2, steps)  # one per step
+    raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]
+    assert not torch.equal(raw["net.embed.weight"], averaged["net.embed.weight"])
+    trainer.test(model, datamodule=dm, ckpt_path=trainer.checkpoint_callback.best_model_path,
+                 weights_only=True)
+    assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
+    # a misspelt setting is a config error naming it
+    with pytest.raises(FodlError, match="callbacks.ema.decy"):
+        build(compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, *SMALL,
+                             "+callbacks.ema._target_=fodl.callbacks.EMAWeightAveraging",
+                             "+callbacks.ema.decy=0.5"], tmp_path / "run2"))
