@@ -485,3 +485,41 @@ def test_weight_averaging_is_validated_checkpointed_and_tested(tmp_path):
         build(compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, *SMALL,
                              "+callbacks.ema._target_=fodl.callbacks.EMAWeightAveraging",
                              "+callbacks.ema.decy=0.5"], tmp_path / "run2"))
+
+
+def test_film_split_holds_out_whole_films(tmp_path):
+    """data.val_split=films: every review of a held-out film is in validation, none in training
+    (each review names its film, zfilm<letter>, in its text, and the url lists map it as aclImdb's do)."""
+    top = make_aclimdb(tmp_path, n_train=120, n_test=20)
+    for label in ("pos", "neg"):
+        urls = []
+        for i in range(60):
+            film = (i * 7 + (label == "pos")) % 13  # 13 films, several reviews each
+            path = next((top / "train" / label).glob(f"{i}_*.txt"))
+            path.write_text(path.read_text(encoding="utf-8") + f" zfilm{'abcdefghijklm'[film]}", encoding="utf-8")
+            urls.append(f"http://www.imdb.com/title/tt{film}/usercomments")
+        (top / "train" / f"urls_{label}.txt").write_text("\n".join(urls) + "\n")
+    archive = tar_of(top, tmp_path / "aclImdb_v1.tar.gz")
+
+    def films_of(dm, split):
+        return {w for words in dm.reviews()[split][0] for w in words if w.startswith("zfilm")}
+
+    seen = []
+    for source in (str(top), str(archive)):
+        dm = IMDBDataModule(tmp_path, source=source, val_size=20, val_split="films")
+        dm.setup()
+        val, train = films_of(dm, "val"), films_of(dm, "train")
+        assert val and train and not val & train and len(val | train) == 13
+        assert 20 <= len(dm.splits["val"][2]) < 20 + 60 and len(dm.splits["val"][2]) + len(dm.splits["train"][2]) == 120
+        seen.append(sorted(val))
+    assert seen[0] == seen[1]  # folder and archive: the same films held out
+    # the check can fail: a random split of the same size puts most films on both sides
+    rnd = IMDBDataModule(tmp_path, source=str(top), val_size=20)
+    rnd.setup()
+    assert films_of(rnd, "val") & films_of(rnd, "train")
+    # no url lists: a clear error; a bad name: a config error
+    (top / "train" / "urls_neg.txt").unlink()
+    with pytest.raises(FodlError, match="urls_neg.txt.*data.val_split=random"):
+        IMDBDataModule(tmp_path, source=str(top), val_size=20, val_split="films").setup()
+    with pytest.raises(FodlError, match="data.val_split='film'"):
+        IMDBDataModule(tmp_path, val_split="film")

@@ -48,6 +48,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fodl.data.imdb import VAL_SPLITS as _VAL_SPLITS
 from fodl.errors import FodlError
 from fodl.models.autoencoder import LOSSES as _AE_LOSSES
 from fodl.models.autoencoder import SPARSITY as _SPARSITY
@@ -394,7 +395,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
         "tokenizer": Choice(*_TOKENIZERS), "max_len": POSITIVE_INT, "max_size": POSITIVE_INT,
         "min_count": POSITIVE_INT, "val_size": _NONNEG_INT, "split_seed": _NONNEG_INT,
-        "bucket_batches": _NONNEG_INT,
+        "bucket_batches": _NONNEG_INT, "val_split": Choice(*_VAL_SPLITS),
     },
     "fodl.nets.seq2seq.Seq2SeqNet": {
         "src_vocab_size": POSITIVE_INT, "tgt_vocab_size": POSITIVE_INT,
