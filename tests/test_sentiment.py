@@ -427,6 +427,23 @@ def test_bigram_inputs_see_the_previous_word():
         assert torch.equal(xa[0, 1], xb[0, 1]) == (buckets == 0)  # step 1 sees (w0, w1)
 
 
+def test_trigram_inputs_see_the_two_previous_words():
+    torch.manual_seed(0)
+    a = torch.tensor([[5, 7, 9, 11, 13]])
+    b = torch.tensor([[6, 7, 9, 11, 13]])  # only the first word differs
+    bigrams = LSTMClassifierNet(50, 6, 7, bigram_buckets=101).eval()
+    both = LSTMClassifierNet(50, 6, 7, bigram_buckets=101, trigram_buckets=103).eval()
+    assert both.trigram_embed.weight.shape == (103, 6)
+    both.load_state_dict(bigrams.state_dict(), strict=False)
+    for net in (bigrams, both):
+        xa, xb = net.inputs(a), net.inputs(b)
+        assert torch.equal(xa[0, 3:], xb[0, 3:])  # steps 3, 4 see the same three words
+        assert torch.equal(xa[0, 2], xb[0, 2]) == (net is bigrams)  # step 2 sees (w0, w1, w2)
+    # the trigram table adds to the word + bigram inputs; a one-word review works too
+    assert not torch.equal(both.inputs(a), bigrams.inputs(a))
+    assert both(torch.tensor([[4]]), torch.tensor([1])).shape == (1, 2)
+
+
 def test_bench_sentiment_on_a_tiny_tree(trained, monkeypatch, capsys):
     metrics, ckpt, data = trained
     bench = runpy.run_path(str(ROOT / "scripts" / "bench_sentiment.py"))
@@ -440,3 +457,69 @@ def test_bench_sentiment_on_a_tiny_tree(trained, monkeypatch, capsys):
     assert lstm == pytest.approx(100 * metrics["test/acc"], abs=0.01)  # the same test set, same model
     monkeypatch.setattr(sys, "argv", ["bench_sentiment.py", "--data-dir", str(data / "nothing")])
     assert bench["main"]() == 2 and "No IMDB data" in capsys.readouterr().err
+
+
+def test_weight_averaging_is_validated_checkpointed_and_tested(tmp_path):
+    """fodl.callbacks.EMAWeightAveraging (Lightning's callback) under fodl's manual loop: one
+    update per optimizer step, the average in the checkpoint's state_dict, and the test after
+    fit scores the average (Lightning's own callback would load the raw weights back)."""
+    from fodl.train import build
+
+    make_aclimdb(tmp_path / "data" / "imdb")
+    cfg = compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, *SMALL, "trainer.max_epochs=2",
+                         "+callbacks.ema._target_=fodl.callbacks.EMAWeightAveraging",
+                         "+callbacks.ema.decay=0.5"], tmp_path / "run")
+    dm, model, trainer = build(cfg)
+    trainer.fit(model, datamodule=dm)
+    steps = trainer.global_step
+    assert steps == 2 * len(dm.train_dataloader()) and model._direct  # fodl's direct step path
+    ckpt = read_checkpoint(trainer.checkpoint_callback.best_model_path)
+    assert int(ckpt["averaging_state"]["n_averaged"]) in (steps // 2, steps)  # one per step
+    raw, averaged = ckpt["current_model_state"], ckpt["state_dict"]
+    assert not torch.equal(raw["net.embed.weight"], averaged["net.embed.weight"])
+    trainer.test(model, datamodule=dm, ckpt_path=trainer.checkpoint_callback.best_model_path,
+                 weights_only=True)
+    assert all(torch.equal(v, averaged[k]) for k, v in model.state_dict().items())
+    # a misspelt setting is a config error naming it
+    with pytest.raises(FodlError, match="callbacks.ema.decy"):
+        build(compose_train([f"paths.data_dir={tmp_path / 'data'}", *FAST, *SMALL,
+                             "+callbacks.ema._target_=fodl.callbacks.EMAWeightAveraging",
+                             "+callbacks.ema.decy=0.5"], tmp_path / "run2"))
+
+
+def test_film_split_holds_out_whole_films(tmp_path):
+    """data.val_split=films: every review of a held-out film is in validation, none in training
+    (each review names its film, zfilm<letter>, in its text, and the url lists map it as aclImdb's do)."""
+    top = make_aclimdb(tmp_path, n_train=120, n_test=20)
+    for label in ("pos", "neg"):
+        urls = []
+        for i in range(60):
+            film = (i * 7 + (label == "pos")) % 13  # 13 films, several reviews each
+            path = next((top / "train" / label).glob(f"{i}_*.txt"))
+            path.write_text(path.read_text(encoding="utf-8") + f" zfilm{'abcdefghijklm'[film]}", encoding="utf-8")
+            urls.append(f"http://www.imdb.com/title/tt{film}/usercomments")
+        (top / "train" / f"urls_{label}.txt").write_text("\n".join(urls) + "\n")
+    archive = tar_of(top, tmp_path / "aclImdb_v1.tar.gz")
+
+    def films_of(dm, split):
+        return {w for words in dm.reviews()[split][0] for w in words if w.startswith("zfilm")}
+
+    seen = []
+    for source in (str(top), str(archive)):
+        dm = IMDBDataModule(tmp_path, source=source, val_size=20, val_split="films")
+        dm.setup()
+        val, train = films_of(dm, "val"), films_of(dm, "train")
+        assert val and train and not val & train and len(val | train) == 13
+        assert 20 <= len(dm.splits["val"][2]) < 20 + 60 and len(dm.splits["val"][2]) + len(dm.splits["train"][2]) == 120
+        seen.append(sorted(val))
+    assert seen[0] == seen[1]  # folder and archive: the same films held out
+    # the check can fail: a random split of the same size puts most films on both sides
+    rnd = IMDBDataModule(tmp_path, source=str(top), val_size=20)
+    rnd.setup()
+    assert films_of(rnd, "val") & films_of(rnd, "train")
+    # no url lists: a clear error; a bad name: a config error
+    (top / "train" / "urls_neg.txt").unlink()
+    with pytest.raises(FodlError, match="urls_neg.txt.*data.val_split=random"):
+        IMDBDataModule(tmp_path, source=str(top), val_size=20, val_split="films").setup()
+    with pytest.raises(FodlError, match="data.val_split='film'"):
+        IMDBDataModule(tmp_path, val_split="film")

@@ -186,3 +186,40 @@ class RichProgressBar(L.pytorch.callbacks.RichProgressBar):
         if (loader := self._loader_counting_minibatches(trainer)) is not None:
             batch_idx = loader.minibatches_in(batch_idx + 1) - 1  # minibatches done so far
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+
+class EMAWeightAveraging(L.pytorch.callbacks.EMAWeightAveraging):
+    """An exponential moving average of the weights, validated, checkpointed and tested in
+    place of the weights themselves: Lightning's :class:`~lightning.pytorch.callbacks.EMAWeightAveraging`
+    (``average = decay * average + (1 - decay) * weights`` after every optimizer step, from
+    ``update_starting_at_step`` on; ``use_buffers``: batch norm's running statistics too), for
+    any fodl family. Lightning's callback works with fodl's manual optimisation (it reads
+    ``trainer.global_step``, which fodl's step advances); two things differ:
+
+    - testing a checkpoint after ``fit`` in the same process (``scripts/train.py`` tests the
+      best one) uses the averaged weights the checkpoint holds as its ``state_dict``. Lightning's
+      callback would load the checkpoint's raw ``current_model_state`` back into the module on
+      every restore, so the test would score the weights that were *not* validated. Raw and
+      averaged weights are restored together only when fitting (resume).
+    - explicit settings only (no ``**kwargs`` passed on to ``AveragedModel``), so a misspelt
+      key is a config error, not a traceback.
+
+    With ``data.steps_per_execution > 1`` the average is updated once per group of minibatches
+    (Lightning's batch), not after each of its optimizer steps.
+    """
+
+    def __init__(self, decay: float = 0.999, update_every_n_steps: int = 1,
+                 update_starting_at_step: int | None = None,
+                 update_starting_at_epoch: int | None = None, use_buffers: bool = True) -> None:
+        super().__init__(use_buffers=use_buffers, decay=decay, update_every_n_steps=update_every_n_steps,
+                         update_starting_at_step=update_starting_at_step,
+                         update_starting_at_epoch=update_starting_at_epoch)
+        self.decay = decay
+
+    def on_load_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule,
+                           checkpoint: dict[str, Any]) -> None:
+        from lightning.pytorch.trainer.states import TrainerFn
+
+        if trainer.state.fn == TrainerFn.FITTING:
+            super().on_load_checkpoint(trainer, pl_module, checkpoint)
+        # else (test / validate / predict): the module keeps the averaged state_dict just loaded

@@ -48,6 +48,7 @@ from typing import Any
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fodl.data.imdb import VAL_SPLITS as _VAL_SPLITS
 from fodl.errors import FodlError
 from fodl.models.autoencoder import LOSSES as _AE_LOSSES
 from fodl.models.autoencoder import SPARSITY as _SPARSITY
@@ -388,13 +389,13 @@ RULES: dict[str, dict[str, Rule]] = {
         "vocab_size": POSITIVE_INT, "embedding_dim": POSITIVE_INT, "hidden_size": POSITIVE_INT,
         "num_layers": POSITIVE_INT, "dropout": FRACTION, "num_classes": Number(integer=True, min=2),
         "output": Choice("linear", "book"), "pooling": Choice(*_POOLINGS),
-        "word_dropout": FRACTION, "bigram_buckets": _NONNEG_INT,
+        "word_dropout": FRACTION, "bigram_buckets": _NONNEG_INT, "trigram_buckets": _NONNEG_INT,
     },
     "fodl.data.imdb.IMDBDataModule": {
         "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
         "tokenizer": Choice(*_TOKENIZERS), "max_len": POSITIVE_INT, "max_size": POSITIVE_INT,
         "min_count": POSITIVE_INT, "val_size": _NONNEG_INT, "split_seed": _NONNEG_INT,
-        "bucket_batches": _NONNEG_INT,
+        "bucket_batches": _NONNEG_INT, "val_split": Choice(*_VAL_SPLITS),
     },
     "fodl.nets.seq2seq.Seq2SeqNet": {
         "src_vocab_size": POSITIVE_INT, "tgt_vocab_size": POSITIVE_INT,
@@ -490,6 +491,11 @@ RULES: dict[str, dict[str, Rule]] = {
     "fodl.callbacks.RichProgressBar": {"refresh_rate": Number(integer=True, min=0)},
     "fodl.progress.progress_bar": {"refresh_rate": Number(integer=True, min=0)},
     "fodl.callbacks.ParameterSummaries": {"every_n_epochs": POSITIVE_INT, "filters": Flag()},
+    "fodl.callbacks.EMAWeightAveraging": {
+        "decay": Number(min=0.0, max=1.0, min_open=True, max_open=True),
+        "update_every_n_steps": POSITIVE_INT, "update_starting_at_step": Number(integer=True, min=0, none=True),
+        "update_starting_at_epoch": Number(integer=True, min=0, none=True), "use_buffers": Flag(),
+    },
 }
 
 # top-level keys of conf/train.yaml and conf/eval.yaml

@@ -48,6 +48,7 @@ MD5 = "7c2ac02c03563afcf9b574c7e56c153a"
 LABELS = ("neg", "pos")
 REVIEW_RE = re.compile(r"(?:^|/)(train|test)/(pos|neg)/[^/]+\.txt$")
 ARCHIVES = ("aclImdb_v1.tar.gz", "aclImdb_labelled_50k.tar.gz")
+VAL_SPLITS = ("random", "films")
 
 
 def find_source(root: Path) -> Path | None:
@@ -88,6 +89,54 @@ def iter_reviews(source: str | Path) -> Iterator[tuple[str, str, int, str]]:
     else:
         raise FodlError(f"IMDB source {source} is neither an aclImdb folder nor a tar archive "
                         f"({', '.join(TAR_SUFFIXES)}).")
+
+
+URLS_RE = re.compile(r"(?:^|/)train/urls_(pos|neg)\.txt$")
+FILM_RE = re.compile(r"/title/(tt\d+)")
+
+
+def train_films(source: str | Path) -> list[str]:
+    """The film (IMDb title id, ``tt...``) of every training review, in the order
+    :func:`iter_reviews` yields them: line ``i`` of ``train/urls_{pos,neg}.txt`` is the page of
+    the film that review ``train/{pos,neg}/<i>_<rating>.txt`` is about (aclImdb's README).
+    Reads names and the two url lists only, not the reviews."""
+    source = Path(source)
+    names: list[str] = []
+    urls: dict[str, list[str]] = {}
+    if source.is_dir():
+        for root, dirs, files in os.walk(source):
+            for f in files:
+                rel = os.path.relpath(os.path.join(root, f), source).replace(os.sep, "/")
+                if (m := REVIEW_RE.search(rel)) and m.group(1) == "train":
+                    names.append(rel)
+                elif m := URLS_RE.search(rel):
+                    urls[m.group(1)] = (source / rel).read_text(encoding="utf-8").splitlines()
+    else:
+        with reading_archive(source), tarfile.open(source, "r:*") as tar:
+            members = tar.getmembers()
+            check_tar_members(source, members)
+            for member in members:
+                if not member.isfile():
+                    continue
+                if (m := REVIEW_RE.search(member.name)) and m.group(1) == "train":
+                    names.append(member.name)
+                elif m := URLS_RE.search(member.name):
+                    urls[m.group(1)] = tar.extractfile(member).read().decode("utf-8").splitlines()
+    films = []
+    for name in sorted(names):
+        label, file = name.rsplit("/", 2)[-2:]
+        lines = urls.get(label)
+        i = int(file.split("_", 1)[0]) if file.split("_", 1)[0].isdigit() else -1
+        film = FILM_RE.search(lines[i]) if lines is not None and 0 <= i < len(lines) else None
+        if film is None:
+            raise FodlError(
+                f"data.val_split=films needs the film of every training review, and {source} "
+                + (f"has no train/urls_{label}.txt" if lines is None else
+                   f"gives none for {name} (line {i + 1} of train/urls_{label}.txt)")
+                + ": aclImdb's url lists are needed. Use the full aclImdb archive, or "
+                "data.val_split=random.")
+        films.append(film.group(1))
+    return films
 
 
 def encode_reviews(source: Path, tokenizer: str = "words", lowercase: bool = True) -> dict:
@@ -172,6 +221,11 @@ class IMDBDataModule(InMemoryDataModule):
         max_len: keep the first ``max_len`` tokens of a review (book: 500).
         max_size, min_count: the vocabulary (book: 30,000 words, specials included).
         val_size, split_seed: training reviews held out for validation.
+        val_split: ``random`` (any ``val_size`` training reviews) or ``films``: whole films
+            held out, drawn until they hold ``val_size`` reviews or more (:func:`train_films`):
+            the reviews of one film share its names and plot words, so a random split
+            validates on films the model has read about, which the test set (other films)
+            never does.
         bucket_batches: training batches per length-sorted pool (0: no bucketing).
         batch_size (book: 32), eval_batch_size, steps_per_execution, on_device, seed: batching.
     """
@@ -180,6 +234,7 @@ class IMDBDataModule(InMemoryDataModule):
                  source: str | None = None, download: bool = True, tokenizer: str = "words",
                  lowercase: bool = True, max_len: int = 500, max_size: int = 30000,
                  min_count: int = 1, val_size: int = 2500, split_seed: int = 0,
+                 val_split: str = "random",
                  bucket_batches: int = 50, batch_size: int = 32, eval_batch_size: int = 256,
                  steps_per_execution: int = 1, on_device: bool = True, seed: int = 0) -> None:
         super().__init__(batch_size, eval_batch_size, seed, on_device, False, steps_per_execution)
@@ -192,7 +247,9 @@ class IMDBDataModule(InMemoryDataModule):
         self.cache_dir, self.source, self.download = cache_dir, source, download
         self.tokenizer, self.lowercase = tokenizer, lowercase
         self.max_len, self.max_size, self.min_count = max_len, max_size, min_count
-        self.val_size, self.split_seed = val_size, split_seed
+        if val_split not in VAL_SPLITS:
+            raise FodlError(f"data.val_split={val_split!r}: choose one of {', '.join(VAL_SPLITS)}.")
+        self.val_size, self.split_seed, self.val_split = val_size, split_seed, val_split
         self.bucket_batches = bucket_batches
         self.vocab: Vocabulary | None = None
         self.validation_is_test = val_size == 0
@@ -248,8 +305,11 @@ class IMDBDataModule(InMemoryDataModule):
             raise FodlError(f"data.val_size={self.val_size} takes every one of the {len(train)} "
                             "training reviews; lower it.")
         g = torch.Generator().manual_seed(self.split_seed)
-        perm = train[torch.randperm(len(train), generator=g)]
-        val, train = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
+        if self.val_split == "films" and self.val_size:
+            val, train = self._film_split(path, train, g)
+        else:
+            perm = train[torch.randperm(len(train), generator=g)]
+            val, train = perm[: self.val_size].sort().values, perm[self.val_size :].sort().values
 
         def take(idx):
             lens = lengths[idx]
@@ -267,6 +327,28 @@ class IMDBDataModule(InMemoryDataModule):
                  self.max_len, 100 * float((raw["lengths"] > self.max_len).float().mean()),
                  100 * float((self.splits["test"][0] == self.vocab.unk_id).sum()) /
                  max(int(self.splits["test"][1].sum()), 1))
+
+    def _film_split(self, path: Path, train: torch.Tensor,
+                    g: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(val, train)`` indices: films in random order, each with all its reviews, until
+        ``val_size`` reviews are held out."""
+        films = train_films(path)
+        if len(films) != len(train):
+            raise FodlError(f"{path}: {len(films)} training reviews have a film, {len(train)} were "
+                            "read; the archive changed while reading it? Run again.")
+        names = sorted(set(films))
+        number = {n: i for i, n in enumerate(names)}
+        film_of = torch.tensor([number[f] for f in films])
+        sizes = torch.bincount(film_of, minlength=len(names))
+        order = torch.randperm(len(names), generator=g)
+        taken = int((torch.cumsum(sizes[order], 0) < self.val_size).sum()) + 1
+        if taken >= len(names):
+            raise FodlError(f"data.val_size={self.val_size} with data.val_split=films takes every one "
+                            f"of the {len(names)} films of the training reviews; lower it.")
+        held = torch.zeros(len(names), dtype=torch.bool)
+        held[order[:taken]] = True
+        out = held[film_of]
+        return train[out], train[~out]
 
     def reviews(self) -> dict[str, tuple[list[list[str]], torch.Tensor]]:
         """Each split's reviews as ``(token lists, labels)``: the same reviews as

@@ -13,7 +13,8 @@ Options beyond the book (each off by default, so the defaults are the book's net
 features), ``word_dropout`` (training only: each token's input vector is zeroed with that
 probability, so the net cannot lean on a few words), ``bigram_buckets`` (bigram-aware inputs:
 the input at step t adds an embedding of the hashed word pair ``(w[t-1], w[t])``, ``w[-1]`` =
-padding; its own rows, so the LSTM sees each word with its left neighbour).
+padding; its own rows, so the LSTM sees each word with its left neighbour), ``trigram_buckets``
+(the same for the hashed triple ``(w[t-2], w[t-1], w[t])``, in a table of its own).
 
 ``output=book`` is the book's code: ``sigmoid(batch_norm(W h + b))`` feeds the softmax;
 ``output=linear`` (default): plain logits.
@@ -47,6 +48,7 @@ class LSTMClassifierNet(nn.Module):
         pooling: ``max`` (book), ``mean`` or ``maxmean`` over the real time steps.
         word_dropout: probability of zeroing a token's input vector in training (0: off).
         bigram_buckets: rows of the hashed-bigram embedding (0: no bigram inputs).
+        trigram_buckets: rows of the hashed-trigram embedding (0: no trigram inputs).
     """
 
     POOLINGS = POOLINGS
@@ -55,7 +57,7 @@ class LSTMClassifierNet(nn.Module):
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.5,
                  num_classes: int = 2, output: str = "linear", pack: bool = False,
                  pad_id: int = 0, pooling: str = "max", word_dropout: float = 0.0,
-                 bigram_buckets: int = 0) -> None:
+                 bigram_buckets: int = 0, trigram_buckets: int = 0) -> None:
         super().__init__()
         if output not in ("linear", "book"):
             raise ValueError(f"output must be linear or book, got {output!r}")
@@ -66,6 +68,7 @@ class LSTMClassifierNet(nn.Module):
         self.pooling, self.word_dropout, self.pad_id = pooling, float(word_dropout), pad_id
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
         self.bigram_embed = nn.Embedding(bigram_buckets, embedding_dim) if bigram_buckets else None
+        self.trigram_embed = nn.Embedding(trigram_buckets, embedding_dim) if trigram_buckets else None
         self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
         self.drop = nn.Dropout(dropout)
@@ -82,8 +85,9 @@ class LSTMClassifierNet(nn.Module):
             self.embed.weight.normal_(0.0, math.sqrt(1.0 / self.embed.num_embeddings))
             if self.embed.padding_idx is not None:
                 self.embed.weight[self.embed.padding_idx].zero_()
-            if self.bigram_embed is not None:
-                self.bigram_embed.weight.normal_(0.0, math.sqrt(1.0 / self.embed.num_embeddings))
+            for table in (self.bigram_embed, self.trigram_embed):
+                if table is not None:
+                    table.weight.normal_(0.0, math.sqrt(1.0 / self.embed.num_embeddings))
             nn.init.normal_(self.fc.weight, 0.0, math.sqrt(1.0 / self.fc.in_features))
             nn.init.zeros_(self.fc.bias)
             h = self.lstm.hidden_size
@@ -95,11 +99,19 @@ class LSTMClassifierNet(nn.Module):
                     p.zero_()
 
     def inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, T, embedding_dim)``: word (+ hashed bigram) embeddings, word dropout in training."""
+        """``(B, T, embedding_dim)``: word (+ hashed bigram, trigram) embeddings, word dropout
+        in training (a dropped step loses its word and n-gram inputs alike)."""
         emb = self.embed(tokens)
-        if self.bigram_embed is not None:
-            prev = torch.nn.functional.pad(tokens[:, :-1], (1, 0), value=self.pad_id).long()
-            emb = emb + self.bigram_embed((prev * 1_000_003 + tokens.long()) % self.bigram_embed.num_embeddings)
+        if self.bigram_embed is not None or self.trigram_embed is not None:
+            ids = tokens.long()
+            prev = F.pad(ids[:, :-1], (1, 0), value=self.pad_id)
+            pair = prev * 1_000_003 + ids  # distinct for ids < 1,000,003
+            if self.bigram_embed is not None:
+                emb = emb + self.bigram_embed(pair % self.bigram_embed.num_embeddings)
+            if self.trigram_embed is not None:
+                prev2 = F.pad(ids, (2, 0), value=self.pad_id)[:, : ids.shape[1]]
+                triple = (prev2 * 1_000_003 + prev) * 1_000_003 + ids  # < 2^63 for ids < 10^6
+                emb = emb + self.trigram_embed(triple % self.trigram_embed.num_embeddings)
         if self.training and self.word_dropout > 0:
             keep = torch.rand(tokens.shape, device=tokens.device) >= self.word_dropout
             emb = emb * keep.unsqueeze(-1).to(emb.dtype)
