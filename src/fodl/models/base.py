@@ -295,7 +295,9 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
         back: the graphed run trains exactly as the eager one would.
         """
         saved = [b.detach().clone() for b in self.net.buffers()]
-        torch.cuda.make_graphed_callables(self.net, (x,))
+        # a private copy becomes the graph's static input: the batch's own tensor would be
+        # overwritten by the next call with another input (DQN passes next states, then states)
+        torch.cuda.make_graphed_callables(self.net, (x.detach().clone(),))
         with torch.no_grad():
             for b, s in zip(self.net.buffers(), saved):
                 b.copy_(s)
