@@ -562,3 +562,19 @@ def test_fast_qa1_recipe_runs_through_train_on_sentence_steps(tmp_path):
         acc.Reload()
         tags |= set(acc.Tags()["images"])
     assert "memory/one_sequence" in tags
+
+
+def test_copy_recipe_chooses_its_checkpoint_on_lengths_it_does_not_train_on(tmp_path):
+    """experiment=fast/dnc_copy (registry ch8_dnc_copy): validation on 11-15, above every
+    training length and below the reported 20; 256 sequences per length; tested on 1-40."""
+    from hydra.utils import instantiate
+
+    for model in ("dnc", "dnc_lstm_baseline"):
+        cfg = compose_train(["experiment=fast/dnc_copy", f"model={model}"], tmp_path / model)
+        assert cfg.monitor == "val/error" and cfg.monitor_mode == "min" and cfg.trainer.max_epochs == 20
+        dm = instantiate(cfg.data)
+        dm.setup()
+        val = [int(b.length[0]) for b in dm.splits["val"]]
+        assert sorted(set(val)) == [11, 12, 13, 14, 15] and min(val) > dm.max_length == 10
+        assert all(len(b.length) * val.count(n) == 256 for b in dm.splits["val"] for n in [int(b.length[0])])
+        assert sorted({int(b.length[0]) for b in dm.splits["test"]}) == list(range(1, 41))
