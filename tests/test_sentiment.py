@@ -46,7 +46,10 @@ def make_aclimdb(root, n_train=120, n_test=60, seed=0):
             for i in range(n // 2):
                 rating = rng.randint(7, 10) if label == "pos" else rng.randint(1, 4)
                 (d / f"{i}_{rating}.txt").write_text(review(rng, label == "pos"), encoding="utf-8")
-        (top / split / "urls_pos.txt").write_text("http://www.imdb.com/title/tt0000001/usercomments\n")
+            # the url list: line i is the page of the film review i is about (10 films a label)
+            (top / split / f"urls_{label}.txt").write_text("".join(
+                f"http://www.imdb.com/title/tt{int(label == 'pos')}{i % 10:06d}/usercomments\n"
+                for i in range(n // 2)))
     (top / "README").write_text("Large Movie Review Dataset v1.0\n")
     (top / "imdb.vocab").write_text("the\nmovie\n")
     return top
