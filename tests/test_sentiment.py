@@ -307,6 +307,9 @@ def test_experiments_run(tmp_path, experiment):
                          "model.net.embedding_dim=8", "model.net.hidden_size=8", "data.max_size=100",
                          "data.val_size=20", "+trainer.fast_dev_run=true"], tmp_path / "run")
     assert "test/acc" in train(cfg)
+    if experiment.endswith("_gpu"):  # what call 1 on the H200 chose (docs/ch07_sentiment.md)
+        assert cfg.data.val_split == "films" and cfg.model.net.word_dropout == 0.25
+        assert cfg.callbacks.weight_averaging.decay == 0.998 and cfg.trainer.max_epochs == 3
     if experiment.startswith("book"):
         assert cfg.model.net.output == "book" and cfg.data.max_len == 500 and cfg.data.batch_size == 32
         assert cfg.model.net.dropout == 0.5 and cfg.optimizer.lr == 0.001
