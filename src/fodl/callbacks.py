@@ -206,6 +206,9 @@ class EMAWeightAveraging(L.pytorch.callbacks.EMAWeightAveraging):
 
     With ``data.steps_per_execution > 1`` the average is updated once per group of minibatches
     (Lightning's batch), not after each of its optimizer steps.
+
+    Any run: ``+callbacks.ema._target_=fodl.callbacks.EMAWeightAveraging +callbacks.ema.decay=0.998``
+    (an experiment can list it under ``callbacks:``, as ``fast/lstm_sentiment_gpu`` does).
     """
 
     def __init__(self, decay: float = 0.999, update_every_n_steps: int = 1,
