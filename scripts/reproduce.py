@@ -50,8 +50,9 @@ def main(argv=None) -> int:
                     help="record the finished runs under DIR (another machine's --out) in the "
                          "ledger, then rewrite the report (repeatable)")
     ap.add_argument("--commit", default=None,
-                    help="with --import: fodl's commit for runs that recorded 'unknown' (made "
-                         "from a copy of the code without its git history)")
+                    help="with --import: the fodl commit the imported runs were made from, recorded "
+                         "instead of what they read themselves (a copy of the code on another "
+                         "machine reports 'unknown' or a stale commit)")
     ap.add_argument("--rerun", action="store_true",
                     help="run the selected seeds again even when finished (old run directories "
                          "are moved aside to seed<k>.rerun-<n>; each new run replaces its record)")
@@ -68,8 +69,8 @@ def main(argv=None) -> int:
         raise FodlError(f"--jobs {args.jobs}: give 1 or more runs at a time.")
 
     if args.commit is not None and not args.import_dirs:
-        raise FodlError("--commit goes with --import DIR (it fills in the commit of imported runs "
-                        "that recorded 'unknown').")
+        raise FodlError("--commit goes with --import DIR (the commit the imported runs were made "
+                        "from).")
     reg = registry.load(args.registry)
     only = [i for o in args.only for i in o.split(",") if i]
     out = Path(args.out)

@@ -195,7 +195,7 @@ def test_import_skips_what_is_not_a_result_and_fills_in_the_commit(tmp_path):
     reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES))
     a, b, g = reg.entries
     gpu = tmp_path / "gpu" / "fodl-runs" / "reproduce"             # another machine's --out tree
-    _fake_run(gpu, g, 0, {"test/acc": 0.8}, commit="unknown")
+    _fake_run(gpu, g, 0, {"test/acc": 0.8}, commit="5c9ac85+dirty")           # the machine's stale copy
     _fake_run(gpu, g, 1, None, status="failed", error="exit status 1: CUDA out of memory")
     _fake_run(gpu, g, 2, {"test/acc": 0.1}, overrides=["model=cifar_cnn"])         # other overrides
     _fake_run(gpu, a, 0, {"test/acc": 0.5}, smoke=True)

@@ -122,8 +122,9 @@ def import_runs(reg: Registry, source: str | Path, ledger: str | Path = LEDGER,
     """Record every finished registry run found under ``source`` (its ``reproduce.json`` files,
     at any depth: an ``outputs/reproduce`` tree, a GPU machine's run tree, one run directory).
     Runs of unknown entries, of other overrides than the registry's, smoke runs and runs that
-    did not finish are skipped and said so. ``commit`` fills in the commit of runs that could
-    not read theirs (a copy of the code without its git history says ``unknown``)."""
+    did not finish are skipped and said so. ``commit``: the fodl commit the runs were made
+    from, recorded instead of the one they read themselves (a copy of the code on another
+    machine says ``unknown``, or names a stale commit with ``+dirty``)."""
     source = Path(source)
     if not source.exists():
         raise FodlError(f"--import {source}: no such directory. Give the directory that holds the "
@@ -158,7 +159,7 @@ def import_runs(reg: Registry, source: str | Path, ledger: str | Path = LEDGER,
                    "failed": f"failed ({run.error})"}.get(run.state, f"{run.state}, not finished")
             out.append(Imported(d, "skipped", why, eid, seed))
             continue
-        if commit and run.record.get("commit") in (None, "", "unknown"):
+        if commit:
             run.record = {**run.record, "commit": commit}
         out.append(Imported(d, record(ledger, entry, run), "", eid, seed))
     return out
