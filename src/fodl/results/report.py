@@ -122,8 +122,9 @@ def _metric_rows(row: Row) -> list[tuple[Metric | None, str]]:
 
 def results_markdown(reg: Registry, rows: list[Row], now: str | None = None) -> str:
     now = now or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    n_fin = sum(len(r.finished) for r in rows)
-    n_all = sum(len(r.entry.seeds) for r in rows if r.entry.automated)
+    own = [r for r in rows if r.entry.automated and r.entry.same_as is None]  # same_as: counted once
+    n_fin = sum(len(r.finished) for r in own)
+    n_all = sum(len(r.entry.seeds) for r in own)
     lines = [
         "# Results",
         "",
