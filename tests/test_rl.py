@@ -746,3 +746,17 @@ def test_dqn_refuses_cuda_graphs_up_front(tmp_path):
     msg = str(e.value)
     assert "model.cuda_graph" in msg and "not supported yet" in msg and "\n" not in msg.strip()
     check_config(compose_train(["model=dqn", "model.cuda_graph=false"], tmp_path / "s"))
+
+
+def test_dqn_logs_what_its_greedy_policy_does():
+    """rollout/greedy_top_action_share and rollout/greedy_q_gap: of the greedy actions taken
+    while training (evaluation excluded), since the last log."""
+    m = DQNModule(FixedQ([[0.0, 3.0], [1.0, 1.0]]), epsilon_start=0.0, epsilon_end=0.0)
+    g = torch.Generator().manual_seed(0)
+    m.act(torch.zeros(6, 1), g, explore=True, env_steps=0, episodes=0)      # state 0: action 1
+    m.act(torch.ones(2, 1), g, explore=True, env_steps=0, episodes=0)       # state 1: action 0 (tie)
+    m.act(torch.ones(50, 1), g, explore=False, env_steps=0, episodes=0)     # evaluation: not counted
+    out = m.train_scalars()
+    assert out["greedy_top_action_share"] == 6 / 8
+    assert out["greedy_q_gap"] == pytest.approx((1.5 + 0.0) / 2)
+    assert "greedy_top_action_share" not in m.train_scalars()               # reset after a log
