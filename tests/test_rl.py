@@ -736,20 +736,27 @@ def test_ale_collector_stores_what_the_env_returned():
     col.close()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
-def test_dqn_graphed_loss_equals_eager_on_a_gpu():
-    """model.cuda_graph with double DQN: the next-state pass through the graph must not
-    overwrite the minibatch's states (the graph's static input is a private copy)."""
-    net = NatureCNN((4, 84, 84), 6).cuda()
-    m = DQNModule(net, double=True).cuda()
-    g = torch.Generator(device="cuda").manual_seed(0)
-    b = {"obs": torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8, device="cuda", generator=g),
-         "next_obs": torch.randint(0, 256, (16, 4, 84, 84), dtype=torch.uint8, device="cuda", generator=g),
-         "action": torch.randint(0, 6, (16,), device="cuda", generator=g),
-         "reward": torch.ones(16, device="cuda"), "done": torch.zeros(16, device="cuda")}
-    obs = b["obs"].clone()
-    eager = m.training_loss(b)
-    m._capture(b["obs"])
-    graphed = m.training_loss(b)
-    assert torch.equal(b["obs"], obs)
-    assert torch.allclose(graphed, eager, rtol=1e-4, atol=1e-6)
+def test_dqn_refuses_cuda_graphs_up_front(tmp_path):
+    """model.cuda_graph=true is not supported for DQN yet (its graphed loss is unverified on a
+    GPU): refused by the config check with one paragraph naming the key and why."""
+    from fodl.schema import check_config
+
+    with pytest.raises(FodlError) as e:
+        check_config(compose_train(["model=dqn", "env=atari", "model.cuda_graph=true"], tmp_path / "r"))
+    msg = str(e.value)
+    assert "model.cuda_graph" in msg and "not supported yet" in msg and "\n" not in msg.strip()
+    check_config(compose_train(["model=dqn", "model.cuda_graph=false"], tmp_path / "s"))
+
+
+def test_dqn_logs_what_its_greedy_policy_does():
+    """rollout/greedy_top_action_share and rollout/greedy_q_gap: of the greedy actions taken
+    while training (evaluation excluded), since the last log."""
+    m = DQNModule(FixedQ([[0.0, 3.0], [1.0, 1.0]]), epsilon_start=0.0, epsilon_end=0.0)
+    g = torch.Generator().manual_seed(0)
+    m.act(torch.zeros(6, 1), g, explore=True, env_steps=0, episodes=0)      # state 0: action 1
+    m.act(torch.ones(2, 1), g, explore=True, env_steps=0, episodes=0)       # state 1: action 0 (tie)
+    m.act(torch.ones(50, 1), g, explore=False, env_steps=0, episodes=0)     # evaluation: not counted
+    out = m.train_scalars()
+    assert out["greedy_top_action_share"] == 6 / 8
+    assert out["greedy_q_gap"] == pytest.approx((1.5 + 0.0) / 2)
+    assert "greedy_top_action_share" not in m.train_scalars()               # reset after a log

@@ -98,6 +98,8 @@ class DQNModule(AgentModule):
         self.register_buffer("target_updates", torch.zeros((), dtype=torch.long))
         self._target_updates: int | None = None   # host copy (reading the buffer syncs a GPU)
         self._q_means: list[torch.Tensor] = []
+        self._greedy_counts = torch.zeros(self.num_actions, dtype=torch.long)  # since the last log
+        self._q_gaps: list[torch.Tensor] = []
 
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         return self.net(obs)
@@ -113,7 +115,11 @@ class DQNModule(AgentModule):
         explore_mask = coin < eps
         if bool(explore_mask.all()):
             return random_actions  # no forward pass needed
-        greedy = self.run_net(obs).argmax(1).cpu()
+        q = self.run_net(obs)
+        greedy = q.argmax(1).cpu()
+        if explore:   # what the greedy policy does while training (rollout/greedy_*)
+            self._greedy_counts += torch.bincount(greedy, minlength=self.num_actions)
+            self._q_gaps.append((q.max(1).values - q.mean(1)).mean().detach())
         return torch.where(explore_mask, random_actions, greedy)
 
     # -- learning --------------------------------------------------------------------------
@@ -185,6 +191,12 @@ class DQNModule(AgentModule):
         if self._q_means:
             out["q_mean"] = float(torch.stack(self._q_means).mean())
             self._q_means.clear()
+        total = int(self._greedy_counts.sum())
+        if total:   # a policy stuck on one action shows as a share near 1
+            out["greedy_top_action_share"] = int(self._greedy_counts.max()) / total
+            out["greedy_q_gap"] = float(torch.stack(self._q_gaps).mean())
+            self._greedy_counts.zero_()
+            self._q_gaps.clear()
         return out
 
     def on_train_epoch_end(self) -> None:

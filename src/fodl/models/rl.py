@@ -12,7 +12,10 @@ Logged (TensorBoard / CSV):
   score on Atari, before reward clipping); every ``log_every_env_steps`` environment steps
   ``rollout/return_mean100`` (last 100 episodes), ``rollout/sps`` (environment steps per second
   of training, evaluation excluded), ``rollout/loss`` (last minibatch) and the family's own
-  (DQN: ``rollout/epsilon``, ``rollout/q_mean``; policy gradient: ``rollout/entropy``);
+  (DQN: ``rollout/epsilon``, ``rollout/q_mean``, and of the greedy actions taken while
+  training ``rollout/greedy_top_action_share``, the share of the most frequent one, and
+  ``rollout/greedy_q_gap``, the best minus the mean Q-value; policy gradient:
+  ``rollout/entropy``);
 - per epoch (on the trainer's step axis, and in ``metrics.json``): ``train/loss``,
   ``train/return`` (mean of the epoch's episodes), ``train/return_last20`` (mean of the last 20
   training episodes, the metric of the fast Pong recipe), ``env/steps``, ``env/sps``,
