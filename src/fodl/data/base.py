@@ -95,8 +95,6 @@ class InMemoryDataModule(MinibatchDataModule):
         return type(self).transform is not InMemoryDataModule.transform
 
     def on_after_minibatch_transfer(self, batch):
-        if not self.transforms_batches:
-            return batch
         train = self.trainer is not None and self.trainer.training
         return self.transform(batch[0], train), batch[1]
 

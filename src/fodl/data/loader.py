@@ -124,6 +124,7 @@ class MinibatchLoader:
         if trainer not in _USER_LIMITS:
             _USER_LIMITS[trainer] = (trainer.limit_train_batches, trainer.val_check_interval)
         limit, every = _USER_LIMITS[trainer]
+        trainer.limit_train_batches, trainer.val_check_interval = limit, every  # as the user set them
         k = invisible_grouping(trainer, self.steps_per_execution, every)
         self.steps_per_execution = k
         if k == 1:
@@ -197,7 +198,14 @@ class MinibatchDataModule(L.LightningDataModule):
         place for on-device augmentation. The default leaves it alone."""
         return minibatch
 
+    @property
+    def transforms_batches(self) -> bool:
+        """Whether :meth:`on_after_minibatch_transfer` has anything to do (else batches skip it)."""
+        return type(self).on_after_minibatch_transfer is not MinibatchDataModule.on_after_minibatch_transfer
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not self.transforms_batches:
+            return batch
         return map_minibatches(batch, self.on_after_minibatch_transfer)
 
 
