@@ -157,6 +157,20 @@ def test_compare_trains_both_loops_on_the_same_minibatches(tiny_mnist):
     assert len(r["plain_all"]) == len(r["fodl_all"]) == 3
 
 
+def test_compare_on_the_thread_clock_times_one_thread_and_gives_it_back(tiny_mnist):
+    import torch
+
+    from fodl.errors import FodlError
+
+    threads = torch.get_num_threads()
+    r = compare("mnist_mlp", str(tiny_mnist), epochs=2, clock="thread",
+                extra=["data.val_size=200", "callbacks.progress_bar.style=lines"])
+    assert torch.get_num_threads() == threads
+    assert all(t > 0 for t in r["plain_all"] + r["fodl_all"]) and r["fodl_steps_per_epoch"] == 10
+    with pytest.raises(FodlError, match="wall"):
+        compare("mnist_mlp", str(tiny_mnist), accelerator="gpu", clock="thread")
+
+
 def test_compare_runs_the_plain_loop_in_the_runs_precision(tiny_mnist):
     """Under trainer.precision=bf16-mixed the plain loop's forward runs under bfloat16
     autocast too (same arithmetic as fodl's), and a precision it cannot mirror is refused."""
