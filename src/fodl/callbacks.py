@@ -207,9 +207,6 @@ class EMAWeightAveraging(L.pytorch.callbacks.EMAWeightAveraging):
     - explicit settings only (no ``**kwargs`` passed on to ``AveragedModel``), so a misspelt
       key is a config error, not a traceback.
 
-    With ``data.steps_per_execution > 1`` the average is updated once per group of minibatches
-    (Lightning's batch), not after each of its optimizer steps.
-
     Any run: ``+callbacks.ema._target_=fodl.callbacks.EMAWeightAveraging +callbacks.ema.decay=0.998``
     (an experiment can list it under ``callbacks:``, as ``fast/lstm_sentiment_gpu`` does).
     """
