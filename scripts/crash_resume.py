@@ -153,7 +153,7 @@ def main() -> int:
         data = str(make_mnist_like(work / "data", n_train=args.train_images, n_test=300))
     overrides = [f"model={args.model}", f"paths.data_dir={data}", "data.val_size=200",
                  f"trainer.max_epochs={args.epochs}", "trainer.enable_model_summary=false",
-                 "data.steps_per_execution=1", "test=false", *args.overrides]
+                 "test=false", *args.overrides]
     ref_root, crash_root = work / "reference", work / "crashed"
     ref_root.mkdir(exist_ok=True)
     crash_root.mkdir(exist_ok=True)

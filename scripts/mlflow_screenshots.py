@@ -38,7 +38,7 @@ from tensorboard_screenshots import free_port, shoot  # noqa: E402
 def train_runs(logdir: Path, epochs: int, extra: list[str]) -> None:
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "-m", "model=mnist_mlp",
            "optimizer=sgd,momentum,adam", f"trainer.max_epochs={epochs}", "logger=many",
-           f"paths.log_dir={logdir}", "callbacks.progress_bar.refresh_rate=0",
+           f"paths.log_dir={logdir}", "callbacks.progress_bar.style=lines",
            "hydra.sweep.subdir=${hydra.job.num}_${hydra.runtime.choices.optimizer}", *extra]
     print("+", " ".join(cmd), flush=True)
     subprocess.run(cmd, check=True)

@@ -45,7 +45,7 @@ VIEWS = [
 
 
 def train_runs(logdir: Path, epochs: int, extra: list[str]) -> None:
-    common = [f"paths.log_dir={logdir}", "callbacks.progress_bar.refresh_rate=0", *extra]
+    common = [f"paths.log_dir={logdir}", "callbacks.progress_bar.style=lines", *extra]
     jobs = [
         ["experiment=book/ch4_optimizers", f"trainer.max_epochs={epochs}",
          f"hydra.sweep.dir={logdir}/ch4_optimizers", "hydra.sweep.subdir=${hydra.runtime.choices.optimizer}"],

@@ -73,7 +73,7 @@ def write_word2vec(path: str | Path, words: list[str], vectors: torch.Tensor,
 
 
 # overrides that keep a subprocess run's output short
-QUIET = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
+QUIET = ["callbacks.progress_bar.style=lines", "trainer.enable_model_summary=false"]
 
 
 @pytest.fixture
@@ -118,7 +118,7 @@ def compose_train(overrides: list[str], run_dir: Path, config_name: str = "train
 
 
 # quiet, fast settings for in-process training
-FAST = ["callbacks.progress_bar.refresh_rate=0", "trainer.enable_model_summary=false"]
+FAST = ["callbacks.progress_bar.style=lines", "trainer.enable_model_summary=false"]
 
 
 def train_cfg(tmp_path: Path, data_dir: Path, *overrides: str, run: str = "run"):

@@ -93,7 +93,7 @@ def test_sweep_then_plot(tmp_path, tiny_mnist):
     args = [sys.executable, str(ROOT / "scripts" / "train.py"), "experiment=book/ch4_optimizers",
             f"paths.data_dir={tiny_mnist}", "data.val_size=200", "trainer.max_epochs=2",
             "trainer.log_every_n_steps=1", "data.steps_per_execution=2", "data.batch_size=50",
-            "callbacks.progress_bar.refresh_rate=0"]  # the five optimizers of the experiment
+            "callbacks.progress_bar.style=lines"]  # the five optimizers of the experiment
     r = subprocess.run(args, cwd=tmp_path, capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     (sweep,) = (tmp_path / "outputs" / "ch4_optimizers").iterdir()

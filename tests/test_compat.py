@@ -76,6 +76,19 @@ def test_the_hooks_of_the_direct_path_and_the_plain_attributes(tmp_path):
         "(compat.PLAIN_ATTRIBUTES)")
 
 
+def test_model_checkpoint_step_and_time_settings(tmp_path):
+    from datetime import timedelta
+
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for kw, mid in (({}, False), ({"every_n_epochs": 2}, False), ({"every_n_train_steps": 5}, True),
+                    ({"train_time_interval": timedelta(minutes=1)}, True)):
+        try:
+            assert compat.saves_mid_epoch(ModelCheckpoint(dirpath=tmp_path, **kw)) is mid, kw
+        except AttributeError as e:
+            pytest.fail(_changed(f"ModelCheckpoint no longer keeps {e.name}"))
+
+
 def test_tensorboard_logger_writer_internals(tmp_path):
     """A logger that has not written yet opens its writer with the purge step resume sets:
     events at and after it (of the interrupted run) are dropped from the curves."""

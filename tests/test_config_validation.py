@@ -139,6 +139,7 @@ def test_bad_trainer_values(tmp_path, caplog, overrides, key, value):
 
 CALLBACKS_LOGGER = [
     (["callbacks.progress_bar.refresh_rate=-1"], "callbacks.progress_bar.refresh_rate", "-1"),
+    (["callbacks.progress_bar.redraws_per_second=0"], "callbacks.progress_bar.redraws_per_second", "0"),
     (["callbacks.parameter_summaries.every_n_epochs=0"], "callbacks.parameter_summaries.every_n_epochs", "0"),
     (["callbacks.model_checkpoint.save_top_k=-2"], "callbacks.model_checkpoint.save_top_k", "-2"),
     (["+callbacks.model_checkpoint.every_n_epoch=1"], "callbacks.model_checkpoint.every_n_epoch", None),

@@ -339,7 +339,7 @@ def test_copy_training_through_train_writes_metrics_and_memory_figures(tmp_path)
     cfg = compose_train(["model=dnc", "model.net.hidden_size=16", "model.net.memory_size=8",
                          "data.width=4", "data.max_length=3", "data.batches_per_epoch=3",
                          "data.batch_size=8", "data.eval_batch_size=8", "data.test_lengths=[1,6]",
-                         "trainer.max_epochs=1", "callbacks.progress_bar.refresh_rate=0",
+                         "trainer.max_epochs=1", "callbacks.progress_bar.style=lines",
                          "trainer.enable_model_summary=false"], tmp_path / "run")
     metrics = train(cfg)
     assert 0 <= metrics["test/error"] <= 1 and "test/error_len6" in metrics and "val/error" in metrics
@@ -549,7 +549,7 @@ def test_fast_qa1_recipe_runs_through_train_on_sentence_steps(tmp_path):
     cfg = compose_train([
         "experiment=fast/dnc_babi_qa1", f"paths.data_dir={path.parent}",
         "data.permute=[[mary,john,daniel,sandra],[bathroom,hallway,office]]",
-        "data.batch_size=4", "trainer.max_epochs=2", "callbacks.progress_bar.refresh_rate=0",
+        "data.batch_size=4", "trainer.max_epochs=2", "callbacks.progress_bar.style=lines",
         "trainer.enable_model_summary=false"], tmp_path / "run")
     assert cfg.data.unit == "sentence"
     metrics = train(cfg)

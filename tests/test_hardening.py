@@ -145,16 +145,30 @@ def test_epoch_timer_counts_epoch_end_work_and_not_the_validation_loop(tmp_path)
 def test_time_to_accuracy_says_when_the_target_was_not_reached(tiny_mnist, tmp_path):
     r = run_script("benchmark.py", ["--time-to", "1.5", "--data-dir", str(tiny_mnist), "model=logreg",
                                     "data.val_size=200", "trainer.max_epochs=1",
-                                    "callbacks.progress_bar.refresh_rate=0"], tmp_path)
+                                    "callbacks.progress_bar.style=lines"], tmp_path)
     assert r.returncode == 1 and "target NOT reached" in r.stdout
 
 
 def test_compare_trains_both_loops_on_the_same_minibatches(tiny_mnist):
     r = compare("mnist_mlp", str(tiny_mnist), epochs=3,
-                extra=["data.val_size=200", "callbacks.progress_bar.refresh_rate=0"])
+                extra=["data.val_size=200", "callbacks.progress_bar.style=lines"])
     assert r["steps"] == 10 and r["fodl_steps_per_epoch"] == 10  # 1000 images / 100
     assert r["plain_loss_first"] > r["plain_loss_last"]  # the plain loop really trained
     assert len(r["plain_all"]) == len(r["fodl_all"]) == 3
+
+
+def test_compare_on_the_thread_clock_times_one_thread_and_gives_it_back(tiny_mnist):
+    import torch
+
+    from fodl.errors import FodlError
+
+    threads = torch.get_num_threads()
+    r = compare("mnist_mlp", str(tiny_mnist), epochs=2, clock="thread",
+                extra=["data.val_size=200", "callbacks.progress_bar.style=lines"])
+    assert torch.get_num_threads() == threads
+    assert all(t > 0 for t in r["plain_all"] + r["fodl_all"]) and r["fodl_steps_per_epoch"] == 10
+    with pytest.raises(FodlError, match="wall"):
+        compare("mnist_mlp", str(tiny_mnist), accelerator="gpu", clock="thread")
 
 
 def test_compare_runs_the_plain_loop_in_the_runs_precision(tiny_mnist):
@@ -173,7 +187,7 @@ def test_compare_runs_the_plain_loop_in_the_runs_precision(tiny_mnist):
     with pytest.raises(FodlError, match="16-mixed"):
         _plain_autocast("16-mixed", torch.device("cuda"))
     r = compare("mnist_mlp", str(tiny_mnist), epochs=2,
-                extra=["data.val_size=200", "callbacks.progress_bar.refresh_rate=0",
+                extra=["data.val_size=200", "callbacks.progress_bar.style=lines",
                        "trainer.precision=bf16-mixed"])
     assert r["plain_loss_first"] > r["plain_loss_last"] and len(r["fodl_all"]) == 2
 

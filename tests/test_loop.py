@@ -103,6 +103,51 @@ def test_grouped_val_check_interval_counts_minibatches(tmp_path, tiny_mnist):
     assert len(_tb(tmp_path / "g").Scalars("val/loss")) == 4  # after minibatches 8, 16, 24, 32
 
 
+def test_grouping_happens_only_where_nothing_can_tell(tmp_path):
+    """A step limit, a profiler, a callback that acts per batch or a checkpointer that saves
+    within an epoch would see a group as one batch: they get one minibatch per Lightning step.
+    Progress bars and per-epoch checkpointers do not stop grouping; an int validation interval
+    cuts the group to a divisor of it."""
+    from datetime import timedelta
+
+    from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+
+    from fodl.callbacks import StopAtTrainLoss
+    from fodl.data.loader import invisible_grouping
+
+    def k(**kw):
+        return invisible_grouping(L.Trainer(logger=False, accelerator="cpu", **kw), 4,
+                                  kw.get("val_check_interval"))
+
+    quiet = [RichProgressBar(), ModelCheckpoint(dirpath=tmp_path)]
+    assert k(callbacks=quiet) == 4 and k(val_check_interval=0.5) == 4
+    assert k(val_check_interval=6) == 2 and k(val_check_interval=7) == 1
+    assert k(max_steps=100) == 1 and k(profiler="simple") == 1
+    for per_batch in (StopAtTrainLoss(0.1), LearningRateMonitor(),
+                      ModelCheckpoint(dirpath=tmp_path, every_n_train_steps=5),
+                      ModelCheckpoint(dirpath=tmp_path, train_time_interval=timedelta(minutes=5))):
+        assert k(callbacks=[*quiet, per_batch]) == 1, per_batch
+
+
+def test_a_per_batch_callback_sees_every_minibatch_of_a_grouped_config(tmp_path, tiny_mnist):
+    from fodl.train import build
+
+    class Seen(L.Callback):
+        def __init__(self):
+            self.batches = []
+
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            self.batches.append(type(batch))
+
+    cfg = train_cfg(tmp_path, tiny_mnist, "model=logreg", "test=false", "data.batch_size=100",
+                    "trainer.max_epochs=1", "data.steps_per_execution=4", "logger=none")
+    datamodule, module, trainer = build(cfg)
+    seen = Seen()
+    trainer.callbacks.append(seen)
+    trainer.fit(module, datamodule=datamodule)
+    assert trainer.global_step == 10 and seen.batches == [tuple] * 10  # 1000 images, no groups
+
+
 def test_progress_bar_counts_minibatches_of_groups(monkeypatch):
     drawn = []
     monkeypatch.setattr(L.pytorch.callbacks.RichProgressBar, "on_train_batch_end",
@@ -113,7 +158,7 @@ def test_progress_bar_counts_minibatches_of_groups(monkeypatch):
         num_training_batches = 3
         train_dataloader = loader
 
-    bar = RichProgressBar(refresh_rate=0)
+    bar = RichProgressBar()
     bar._trainer = T()
     assert bar.total_train_batches == 10
     for i in range(3):

@@ -10,11 +10,11 @@ from fodl.callbacks import RichProgressBar
 from fodl.models.base import FodlModule
 
 
-def test_progress_bar_redraws_at_most_refresh_rate_per_second_and_on_the_last_batch(monkeypatch):
+def test_progress_bar_redraws_at_most_redraws_per_second_and_on_the_last_batch(monkeypatch):
     drawn = []
     monkeypatch.setattr(L.pytorch.callbacks.RichProgressBar, "on_train_batch_end",
                         lambda self, trainer, module, out, batch, i: drawn.append(i))
-    bar = RichProgressBar(refresh_rate=1)  # at most one redraw a second
+    bar = RichProgressBar(redraws_per_second=1)  # at most one redraw a second
     trainer = SimpleNamespace(num_training_batches=50)
     for i in range(50):  # 50 batches in well under a second
         bar.on_train_batch_end(trainer, None, None, None, i)

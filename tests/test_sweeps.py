@@ -115,11 +115,24 @@ def test_aggregate_gives_mean_std_and_n_per_group_pooling_seeds(tmp_path):
     assert r.returncode == 2 and "is not a directory" in r.stderr and "Traceback" not in r.stderr
 
 
+def test_progress_bar_names_mean_one_thing_each_and_the_old_spelling_warns():
+    bar = progress_bar(redraws_per_second=2, style="rich")
+    assert bar.redraws_per_second == 2 and bar.is_enabled
+    assert not progress_bar(style="none").is_enabled  # style is the one on/off switch
+    # refresh_rate (redraws per second, 0 = no bar) is still accepted, with a warning
+    with pytest.warns(FutureWarning, match="redraws_per_second"):
+        assert progress_bar(refresh_rate=3, style="rich").redraws_per_second == 3
+    with pytest.warns(FutureWarning, match="style=none"):
+        assert not progress_bar(refresh_rate=0, style="rich").is_enabled
+    with pytest.warns(FutureWarning):
+        assert isinstance(progress_bar(refresh_rate=0, style="lines"), EpochLines)
+
+
 def test_the_progress_bar_is_one_line_per_epoch_off_a_terminal(tmp_path, tiny_mnist, monkeypatch, caplog):
     monkeypatch.setattr(sys.stdout, "isatty", lambda: True, raising=False)
-    assert isinstance(progress_bar(refresh_rate=4, style="auto"), RichProgressBar)
+    assert isinstance(progress_bar(redraws_per_second=4, style="auto"), RichProgressBar)
     monkeypatch.setattr(sys.stdout, "isatty", lambda: False, raising=False)
-    assert isinstance(progress_bar(refresh_rate=4, style="auto"), EpochLines)
+    assert isinstance(progress_bar(redraws_per_second=4, style="auto"), EpochLines)
     with caplog.at_level(logging.INFO, logger="fodl.progress"):
         out = train(train_cfg(tmp_path, tiny_mnist, "model=mnist_mlp", "trainer.max_epochs=2",
                               "test=false", "callbacks.progress_bar.style=auto"))

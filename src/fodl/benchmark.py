@@ -34,7 +34,8 @@ class EpochTimer(L.Callback):
     (a shared VM's speed drifts by tens of percent within minutes).
     """
 
-    def __init__(self, before_epoch=None) -> None:
+    def __init__(self, before_epoch=None, clock=time.perf_counter) -> None:
+        self.clock = clock
         self.times: list[float] = []
         self.before_times: list[float] = []
         self.before_epoch = before_epoch
@@ -49,7 +50,7 @@ class EpochTimer(L.Callback):
     def _close(self, trainer):
         if self._t0 is not None:
             self._sync(trainer)
-            self.times.append(time.perf_counter() - self._t0 - self._val_s)
+            self.times.append(self.clock() - self._t0 - self._val_s)
             self._t0 = None
 
     def on_train_epoch_start(self, trainer, pl_module):
@@ -58,24 +59,24 @@ class EpochTimer(L.Callback):
             self.before_times.append(self.before_epoch(trainer.current_epoch))
         self._sync(trainer)
         self._val_s = 0.0
-        self._t0 = time.perf_counter()
+        self._t0 = self.clock()
 
     def on_validation_start(self, trainer, pl_module):
         if self._t0 is not None:
             self._sync(trainer)
-            self._val_t0 = time.perf_counter()
+            self._val_t0 = self.clock()
 
     def on_validation_end(self, trainer, pl_module):
         if self._t0 is not None:
             self._sync(trainer)
-            self._val_s += time.perf_counter() - self._val_t0
+            self._val_s += self.clock() - self._val_t0
 
     def on_fit_end(self, trainer, pl_module):
         self._close(trainer)
 
 
 def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, batches,
-                      epochs: int, loss_fn=None) -> list[float]:
+                      epochs: int, loss_fn=None, clock=time.perf_counter) -> list[float]:
     """The reference: for each minibatch of ``batches(epoch)`` (an iterable of batches),
     forward, loss, backward, step. Nothing else. ``loss_fn(batch)`` is the family's loss of
     one minibatch (default: cross-entropy of ``net(x)`` against ``y``)."""
@@ -89,7 +90,7 @@ def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
         cuda = next(net.parameters()).is_cuda
         if cuda:
             torch.cuda.synchronize()
-        t0 = time.perf_counter()
+        t0 = clock()
         for batch in batches(epoch):
             loss = loss_fn(batch)
             optimizer.zero_grad(set_to_none=True)
@@ -97,7 +98,7 @@ def plain_loop_epochs(net: torch.nn.Module, optimizer: torch.optim.Optimizer, ba
             optimizer.step()
         if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
@@ -141,12 +142,33 @@ def _plain_autocast(precision: str, device: torch.device):
 
 
 def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu",
-            extra: list[str] | None = None) -> dict[str, float]:
+            extra: list[str] | None = None, clock: str = "wall") -> dict[str, float]:
     """Seconds per training epoch of a plain loop and of fodl, interleaved epoch by epoch
     (plain, fodl, plain, fodl, ...); the first pair is warm-up. The plain loop trains a copy
     of the same net with the same optimizer config and the family's own loss
     (``training_loss``) on the same minibatches. Returns the medians and the median of the
-    per-pair ratios."""
+    per-pair ratios.
+
+    ``clock="thread"`` (CPU only) times the CPU seconds of the training thread with torch on one
+    thread instead of wall seconds: what the steps cost, which another job on a shared machine
+    moves far less than the wall time (it does not count time spent waiting for a core). Work
+    of other threads (TensorBoard's event-file writer) is not counted."""
+    if clock not in ("wall", "thread"):
+        raise FodlError(f"clock={clock!r}: choose wall or thread.")
+    if clock == "thread" and accelerator not in ("cpu",):
+        raise FodlError("The thread clock times CPU work; a GPU runs asynchronously: use the wall "
+                        "clock with --accelerator gpu.")
+    threads = torch.get_num_threads()
+    if clock == "thread":
+        torch.set_num_threads(1)  # all of torch's work on the timed thread
+    try:
+        return _compare(model, data_dir, epochs, accelerator, extra,
+                        time.thread_time if clock == "thread" else time.perf_counter)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _compare(model, data_dir, epochs, accelerator, extra, clock) -> dict[str, float]:
     import statistics
 
     torch.set_float32_matmul_precision("high")  # as scripts/train.py runs (TF32 on GPUs)
@@ -176,9 +198,10 @@ def compare(model: str, data_dir: str, epochs: int = 3, accelerator: str = "cpu"
             return loss
 
         def plain_epoch(epoch: int) -> float:
-            return plain_loop_epochs(plain, opt, lambda _: batches(epoch), 1, loss_fn=plain_loss)[0]
+            return plain_loop_epochs(plain, opt, lambda _: batches(epoch), 1, loss_fn=plain_loss,
+                                     clock=clock)[0]
 
-        timer = EpochTimer(before_epoch=plain_epoch)
+        timer = EpochTimer(before_epoch=plain_epoch, clock=clock)
         trainer.callbacks.append(timer)
         trainer.fit(module, datamodule=datamodule)
     plain_t, fodl_t = timer.before_times[1:] or timer.before_times, timer.times[1:] or timer.times

@@ -148,43 +148,46 @@ class ResumableModelCheckpoint(L.pytorch.callbacks.ModelCheckpoint):
 
 
 class RichProgressBar(L.pytorch.callbacks.RichProgressBar):
-    """Lightning's ``RichProgressBar``, redrawn at most ``refresh_rate`` times a second.
+    """Lightning's ``RichProgressBar``, redrawn at most ``redraws_per_second`` times a second.
 
     Lightning's version rebuilds the metrics dict and calls ``.item()`` on every logged tensor
     after *every* training batch: in a cProfile of the book's MLP on the CPU that was about
     5% of the training time (0.35 s of 6.8 s), and on a GPU each ``.item()`` is a device sync
     that stalls the queue of kernels. Here a batch only updates the bar when
-    ``1 / refresh_rate`` seconds have passed since the last update, and always on an epoch's
-    last batch, so what is shown is the same, just not recomputed between redraws (Rich
-    itself never redraws faster than ``refresh_rate``).
+    ``1 / redraws_per_second`` seconds have passed since the last update, and always on an
+    epoch's last batch, so what is shown is the same, just not recomputed between redraws (Rich
+    itself is told the same rate: Lightning's ``refresh_rate``, which for this bar means redraws
+    per second, not batches as for Lightning's TQDM bar).
 
-    The bar counts minibatches: a loader whose items hold several (fodl's
-    :class:`~fodl.data.loader.MinibatchLoader`) says so and how many they hold.
+    The bar counts minibatches: a training loader that can say how many minibatches its first
+    items hold (fodl's :meth:`~fodl.data.loader.MinibatchLoader.minibatches_in`) is asked.
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
+    def __init__(self, redraws_per_second: float = 4, leave: bool = False,
+                 console_kwargs: dict[str, Any] | None = None) -> None:
+        super().__init__(refresh_rate=redraws_per_second, leave=leave, console_kwargs=console_kwargs)
+        self.redraws_per_second = redraws_per_second
         self._next_draw = 0.0
 
     @staticmethod
-    def _loader_counting_minibatches(trainer):
-        """The training loader when its items are not one minibatch each, else None."""
-        loader = getattr(trainer, "train_dataloader", None)
-        return None if getattr(loader, "items_are_minibatches", True) else loader
+    def _minibatches_in(trainer, items: int) -> int:
+        """Minibatches in the first ``items`` items of the training loader."""
+        count = getattr(getattr(trainer, "train_dataloader", None), "minibatches_in", None)
+        return items if count is None else count(items)
 
     @property
     def total_train_batches(self) -> int | float:
-        loader = self._loader_counting_minibatches(self.trainer)
-        return super().total_train_batches if loader is None else loader.num_batches()
+        if getattr(self.trainer.train_dataloader, "minibatches_in", None) is None:
+            return super().total_train_batches
+        return self._minibatches_in(self.trainer, self.trainer.num_training_batches)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx: int) -> None:
         now = time.monotonic()
         last = batch_idx + 1 >= trainer.num_training_batches
         if now < self._next_draw and not last:
             return
-        self._next_draw = now + 1.0 / max(self.refresh_rate, 1)
-        if (loader := self._loader_counting_minibatches(trainer)) is not None:
-            batch_idx = loader.minibatches_in(batch_idx + 1) - 1  # minibatches done so far
+        self._next_draw = now + 1.0 / self.redraws_per_second
+        batch_idx = self._minibatches_in(trainer, batch_idx + 1) - 1  # minibatches done so far
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
 
@@ -203,9 +206,6 @@ class EMAWeightAveraging(L.pytorch.callbacks.EMAWeightAveraging):
       averaged weights are restored together only when fitting (resume).
     - explicit settings only (no ``**kwargs`` passed on to ``AveragedModel``), so a misspelt
       key is a config error, not a traceback.
-
-    With ``data.steps_per_execution > 1`` the average is updated once per group of minibatches
-    (Lightning's batch), not after each of its optimizer steps.
 
     Any run: ``+callbacks.ema._target_=fodl.callbacks.EMAWeightAveraging +callbacks.ema.decay=0.998``
     (an experiment can list it under ``callbacks:``, as ``fast/lstm_sentiment_gpu`` does).

@@ -9,7 +9,7 @@ breaks one is caught by the test suite, not by a training run:
   callbacks), :func:`can_step_directly` (which hooks its dispatch calls),
   :func:`advance_logged_steps` / :func:`logged_steps_in` (the fit loop's logging step counter,
   in the trainer and in a checkpoint), :data:`PLAIN_ATTRIBUTES` (what Lightning writes on a
-  module around every hook);
+  module around every hook), :func:`saves_mid_epoch` (``ModelCheckpoint``'s step/time settings);
 - TensorBoard: :func:`tensorboard_started` / :func:`set_purge_step` (``TensorBoardLogger``'s
   lazily created writer) and :func:`summary_file_writer` (``SummaryWriter``'s event file);
 - torch: :func:`dynamo_supported`, :data:`CompileFailed`, :func:`cpu_has_bf16`.
@@ -104,6 +104,13 @@ def logged_steps_in(ckpt: dict[str, Any]) -> int | None:
         return int(ckpt["loops"]["fit_loop"]["epoch_loop.state_dict"][_LOGGED_STEPS])
     except (KeyError, TypeError, ValueError):
         return None
+
+
+def saves_mid_epoch(checkpoint) -> bool:
+    """Whether a ``ModelCheckpoint`` saves within an epoch (``every_n_train_steps`` or
+    ``train_time_interval``, which it checks after every training batch), rather than at
+    epoch ends only: the settings it keeps as ``_every_n_train_steps`` / ``_train_time_interval``."""
+    return bool(checkpoint._every_n_train_steps) or checkpoint._train_time_interval is not None
 
 
 # -- TensorBoard ------------------------------------------------------------------------------

@@ -38,7 +38,6 @@ log = logging.getLogger(__name__)
 _SKIP = {
     "_target_", "_partial_", "_recursive_", "_convert_",
     "data_dir", "cache_dir", "download", "verify", "on_device", "eval_batch_size",
-    "steps_per_execution",   # same minibatches and steps, only less framework overhead
     "seed",                  # data.seed is ${seed}
     "cuda_graph", "log_images", "projector_size",
 }

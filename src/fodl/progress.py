@@ -8,7 +8,8 @@ replaced by :class:`EpochLines`: one line per epoch in ``train.log`` and on stdo
     epoch 3/60: train/loss 0.2345, val/acc 0.9712, 4.1 s
 
 ``callbacks.progress_bar.style``: ``auto`` (the bar when stdout is a terminal, else lines),
-``rich``, ``lines`` or ``none``.
+``rich``, ``lines`` or ``none``; ``callbacks.progress_bar.redraws_per_second``: how often the
+Rich bar is redrawn.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import logging
 import math
 import sys
 import time
+import warnings
 from typing import Any, Literal
 
 import lightning as L
@@ -27,10 +29,16 @@ log = logging.getLogger(__name__)
 STYLES = ("auto", "rich", "lines", "none")
 
 
-def progress_bar(refresh_rate: int = 4, style: Literal["auto", "rich", "lines", "none"] = "auto",
-                 monitor: str | None = None) -> ProgressBar:
-    """The progress callback for ``style`` (see the module docstring). ``refresh_rate`` is the
-    Rich bar's redraws per second (0: no bar)."""
+def progress_bar(redraws_per_second: float = 4,
+                 style: Literal["auto", "rich", "lines", "none"] = "auto",
+                 monitor: str | None = None, refresh_rate: int | None = None) -> ProgressBar:
+    """The progress callback for ``style`` (see the module docstring): the one switch for what
+    is shown (``none``: nothing). ``redraws_per_second``: how often the Rich bar is redrawn
+    (each redraw costs the training loop time); lines ignore it.
+
+    ``refresh_rate`` is the old, deprecated spelling: it meant redraws per second, with 0 for no
+    bar, while Lightning's progress bars take a ``refresh_rate`` that counts batches (TQDM) or
+    redraws per second (Rich). It is still accepted, with a warning naming the new keys."""
     from fodl.callbacks import RichProgressBar
     from fodl.errors import FodlError
 
@@ -38,10 +46,22 @@ def progress_bar(refresh_rate: int = 4, style: Literal["auto", "rich", "lines", 
         raise FodlError(f"callbacks.progress_bar.style={style!r}: choose one of {', '.join(STYLES)}.")
     if style == "auto":
         style = "rich" if _interactive() else "lines"
+    if refresh_rate is not None:
+        warnings.warn(
+            f"callbacks.progress_bar.refresh_rate={refresh_rate} is deprecated: use "
+            "callbacks.progress_bar.redraws_per_second=N (Rich bar redraws per second) or "
+            "callbacks.progress_bar.style=none (no bar); refresh_rate will be removed.",
+            FutureWarning, stacklevel=2)
+        if refresh_rate > 0:
+            redraws_per_second = refresh_rate
+        elif style == "rich":  # the old refresh_rate=0: no Rich bar (lines stayed lines)
+            style = "none"
     if style == "lines":
         return EpochLines(monitor=monitor)
-    # a disabled Rich bar (refresh_rate 0) keeps Lightning from adding its own TQDM bar
-    return RichProgressBar(refresh_rate=refresh_rate if style == "rich" else 0)
+    bar = RichProgressBar(redraws_per_second=redraws_per_second)
+    if style == "none":
+        bar.disable()  # a disabled bar keeps Lightning from adding its own TQDM bar
+    return bar
 
 
 def _interactive() -> bool:

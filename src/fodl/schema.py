@@ -270,10 +270,10 @@ _DISCOUNT_AND_EPSILON = {"gamma": _PROBABILITY, "epsilon_start": _PROBABILITY, "
 
 RULES: dict[str, dict[str, Rule]] = {
     # data ------------------------------------------------------------------------------------
+    "fodl.data.loader.MinibatchDataModule": {"steps_per_execution": POSITIVE_INT},
     "fodl.data.base.InMemoryDataModule": {
         "batch_size": POSITIVE_INT, "eval_batch_size": POSITIVE_INT,
-        "steps_per_execution": POSITIVE_INT, "seed": Number(integer=True, min=0, none=True),
-        "on_device": Flag(), "drop_last": Flag(),
+        "seed": Number(integer=True, min=0, none=True), "on_device": Flag(), "drop_last": Flag(),
     },
     "fodl.data.mnist.MNISTDataModule": {
         "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),
@@ -366,8 +366,7 @@ RULES: dict[str, dict[str, Rule]] = {
         "window": POSITIVE_INT, "num_skips": Number(integer=True, min=1, none=True),
         "batch_size": POSITIVE_INT, "block_size": POSITIVE_INT, "noise_samples": POSITIVE_INT,
         "noise_power": Number(min=0.0), "analogy_restrict": POSITIVE_INT,
-        "eval_batch_size": POSITIVE_INT, "steps_per_execution": POSITIVE_INT,
-        "seed": Number(integer=True, min=0, none=True),
+        "eval_batch_size": POSITIVE_INT, "seed": Number(integer=True, min=0, none=True),
     },
     # chapter 7: the POS tagger, the sentiment LSTM, seq2seq and their data ----------------------
     "fodl.nets.tagger.WindowTaggerNet": {
@@ -494,8 +493,9 @@ RULES: dict[str, dict[str, Rule]] = {
         "mode": Choice("min", "max"), "save_top_k": Number(integer=True, min=0, also=(-1,)),
         "every_n_epochs": Number(integer=True, min=0, none=True),
     },
-    "fodl.callbacks.RichProgressBar": {"refresh_rate": Number(integer=True, min=0)},
-    "fodl.progress.progress_bar": {"refresh_rate": Number(integer=True, min=0)},
+    "fodl.callbacks.RichProgressBar": {"redraws_per_second": Number(min=0.0, min_open=True)},
+    "fodl.progress.progress_bar": {"redraws_per_second": Number(min=0.0, min_open=True),
+                                   "refresh_rate": Number(integer=True, min=0, none=True)},
     "fodl.callbacks.ParameterSummaries": {"every_n_epochs": POSITIVE_INT, "filters": Flag()},
     "fodl.callbacks.EMAWeightAveraging": {
         "decay": Number(min=0.0, max=1.0, min_open=True, max_open=True),

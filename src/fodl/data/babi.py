@@ -288,7 +288,7 @@ class BabiDataModule(InMemoryDataModule):
                  on_device: bool = True, drop_last: bool = False, unit: str = "word",
                  permute: Sequence[Sequence[str]] | None = None) -> None:
         super().__init__(batch_size, eval_batch_size, 0 if seed is None else seed, on_device,
-                         drop_last, 1)
+                         drop_last)
         tasks = [tasks] if isinstance(tasks, int) else list(tasks)
         bad = [t for t in tasks if not isinstance(t, int) or not 1 <= t <= 20]
         if not tasks or bad or len(set(tasks)) != len(tasks):

@@ -5,10 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import lightning as L
 import torch
 
-from fodl.data.loader import TensorLoader, derive_seed, map_minibatches
+from fodl.data.loader import MinibatchDataModule, TensorLoader, derive_seed
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path:
@@ -16,13 +15,13 @@ def resolve_data_dir(data_dir: str | Path | None) -> Path:
     return Path(data_dir or os.environ.get("FODL_DATA_DIR") or "data").expanduser()
 
 
-class InMemoryDataModule(L.LightningDataModule):
+class InMemoryDataModule(MinibatchDataModule):
     """Subclasses fill ``self.splits = {"train": (x, y), "val": ..., "test": ...}`` in ``setup``.
 
     Under DDP each process takes its own shard (the loaders are not ``DataLoader`` s, so
     Lightning's sampler injection does not apply; sharding is done here). With
     ``on_device=True`` the tensors are moved once to the training device, so no per-batch
-    host-to-device copy happens.
+    host-to-device copy happens. Other keys (``**kwargs``): :class:`~fodl.data.loader.MinibatchDataModule`.
     """
 
     def __init__(
@@ -32,15 +31,14 @@ class InMemoryDataModule(L.LightningDataModule):
         seed: int = 0,
         on_device: bool = True,
         drop_last: bool = False,
-        steps_per_execution: int = 1,
+        **kwargs,
     ) -> None:
-        super().__init__()
+        super().__init__(**kwargs)
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.seed = seed
         self.on_device = on_device
         self.drop_last = drop_last
-        self.steps_per_execution = steps_per_execution
         self.splits: dict[str, tuple[torch.Tensor, ...]] = {}
         # True when validation runs on the test split (the book's CIFAR setup, val_size=0): a
         # checkpoint chosen on it must not be the one whose test number is reported
@@ -81,12 +79,9 @@ class InMemoryDataModule(L.LightningDataModule):
             rank=rank,
             world_size=world,
             epoch_fn=(lambda: self.trainer.current_epoch) if (train and self.trainer) else None,
-            steps_per_execution=self.steps_per_execution if train else 1,
             **extra,
         )
-        if train:
-            loader.attach(self.trainer)
-        return loader
+        return self.training_loader(loader) if train else loader
 
     # -- batched, on-device transforms (augmentation) ---------------------------------------
     def transform(self, x: torch.Tensor, train: bool) -> torch.Tensor:
@@ -99,11 +94,9 @@ class InMemoryDataModule(L.LightningDataModule):
         """Whether :meth:`transform` has anything to do (else batches skip the hook)."""
         return type(self).transform is not InMemoryDataModule.transform
 
-    def on_after_batch_transfer(self, batch, dataloader_idx: int):
-        if not self.transforms_batches:
-            return batch
+    def on_after_minibatch_transfer(self, batch):
         train = self.trainer is not None and self.trainer.training
-        return map_minibatches(batch, lambda b: (self.transform(b[0], train), b[1]))
+        return self.transform(batch[0], train), batch[1]
 
     def augmentation_generator(self, device: torch.device) -> torch.Generator:
         """The augmentation stream of this (seed, epoch, process): re-seeded at each epoch, so

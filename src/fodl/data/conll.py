@@ -121,7 +121,7 @@ class CoNLLDataModule(InMemoryDataModule):
             to initialise the word embeddings; its most frequent words also fill the vocabulary up to
             ``max_words``, so test words absent from training keep their pretrained vector.
         vectors_limit: read at most this many entries of ``vectors``.
-        batch_size, eval_batch_size, steps_per_execution, on_device, seed: batching
+        batch_size, eval_batch_size, on_device, seed, ``**kwargs``: batching
             (:class:`~fodl.data.base.InMemoryDataModule`).
     """
 
@@ -132,9 +132,9 @@ class CoNLLDataModule(InMemoryDataModule):
                  normalize_digits: bool = True, min_count: int = 2, max_words: int = 20000,
                  max_suffixes: int = 5000, vectors: str | None = None,
                  vectors_limit: int | None = 200000, batch_size: int = 100,
-                 eval_batch_size: int = 5000, steps_per_execution: int = 1,
-                 on_device: bool = True, seed: int = 0) -> None:
-        super().__init__(batch_size, eval_batch_size, seed, on_device, False, steps_per_execution)
+                 eval_batch_size: int = 5000, on_device: bool = True, seed: int = 0,
+                 **kwargs) -> None:
+        super().__init__(batch_size, eval_batch_size, seed, on_device, False, **kwargs)
         if layout not in ("pos", "official"):
             raise FodlError(f"data.layout={layout!r}: choose pos (the book's conll2000_pos/"
                             "pos.{train,test}.txt) or official (conll2000/{train,test}.txt.gz).")

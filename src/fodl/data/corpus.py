@@ -28,12 +28,11 @@ import math
 from pathlib import Path
 from typing import Callable, Iterator, NamedTuple, Sequence
 
-import lightning as L
 import torch
 
 from fodl.data.base import resolve_data_dir
 from fodl.data.download import cached, download
-from fodl.data.loader import MinibatchLoader
+from fodl.data.loader import MinibatchDataModule, MinibatchLoader
 from fodl.errors import FodlError
 from fodl.metrics.analogy import AnalogySet, encode_analogies, read_analogies
 from fodl.text.corpus import encode_corpus
@@ -126,16 +125,13 @@ class SkipGramLoader(MinibatchLoader):
                  noise_cdf: torch.Tensor, log_noise: torch.Tensor, *, block: int,
                  blocks_per_batch: int, window: int, num_skips: int | None, reduced_window: bool,
                  noise_samples: int, seed: int = 0, rank: int = 0, world_size: int = 1,
-                 epoch_fn: Callable[[], int] | None = None, steps_per_execution: int = 1,
-                 max_batches: int | None = None) -> None:
+                 epoch_fn: Callable[[], int] | None = None) -> None:
         self.stream, self.docs, self.keep = stream, docs, keep
         self.noise_cdf, self.log_noise = noise_cdf, log_noise
         self.block, self.blocks_per_batch, self.window = block, blocks_per_batch, window
         self.num_skips, self.reduced_window, self.noise_samples = num_skips, reduced_window, noise_samples
         self.seed, self.rank, self.world_size = seed, rank, world_size
         self.epoch_fn, self.epoch = epoch_fn, 0
-        self.steps_per_execution = steps_per_execution
-        self.max_batches = max_batches
         expected = float(keep[stream.long()].sum()) if keep is not None else len(stream)
         self.blocks = max(1, math.ceil(round(expected) / block))  # per epoch, all processes
         self._span = torch.arange(-window, block + window, device=stream.device)
@@ -204,7 +200,7 @@ class AnalogyLoader:
             yield qc, sc, self.candidates, self.canon
 
 
-class CorpusDataModule(L.LightningDataModule):
+class CorpusDataModule(MinibatchDataModule):
     """Skip-gram training data from a text corpus; the analogy questions for validation/test.
 
     Args:
@@ -241,8 +237,8 @@ class CorpusDataModule(L.LightningDataModule):
             evaluation (then monitor ``train/loss``).
         analogy_restrict: candidate answers are the most frequent words (30,000).
         eval_batch_size: analogy questions per evaluation batch.
-        steps_per_execution: minibatches per Lightning step (``fodl.models.base``).
         seed: the data seed (subsampling, windows, block order, noise words).
+        ``**kwargs``: how minibatches reach the trainer (:class:`~fodl.data.loader.MinibatchDataModule`).
     """
 
     def __init__(self, corpus: str, data_dir: str | None = None, cache_dir: str | None = None,
@@ -257,8 +253,8 @@ class CorpusDataModule(L.LightningDataModule):
                  noise_power: float = 0.75,
                  analogies: str | None = "word2vec/questions-words.txt",
                  analogy_restrict: int = 30000, eval_batch_size: int = 4096,
-                 steps_per_execution: int = 1, on_device: bool = True, seed: int = 0) -> None:
-        super().__init__()
+                 on_device: bool = True, seed: int = 0, **kwargs) -> None:
+        super().__init__(**kwargs)
         if window < 1:
             raise FodlError(f"data.window={window}: it must be at least 1.")
         if num_skips is not None and not 1 <= num_skips <= 2 * window:
@@ -267,8 +263,7 @@ class CorpusDataModule(L.LightningDataModule):
         if subsample < 0:
             raise FodlError(f"data.subsample={subsample}: use 0 (off) or a threshold like 1e-3.")
         for name, v in (("batch_size", batch_size), ("block_size", block_size),
-                        ("noise_samples", noise_samples), ("eval_batch_size", eval_batch_size),
-                        ("steps_per_execution", steps_per_execution)):
+                        ("noise_samples", noise_samples), ("eval_batch_size", eval_batch_size)):
             if v < 1:
                 raise FodlError(f"data.{name}={v}: it must be at least 1.")
         self.root = resolve_data_dir(data_dir)
@@ -289,7 +284,6 @@ class CorpusDataModule(L.LightningDataModule):
         self.analogies = analogies
         self.analogy_restrict = analogy_restrict
         self.eval_batch_size = eval_batch_size
-        self.steps_per_execution = steps_per_execution
         self.on_device = on_device
         self.seed = seed
         self.vocab: Vocabulary | None = None
@@ -414,10 +408,8 @@ class CorpusDataModule(L.LightningDataModule):
             block=self.block_size, blocks_per_batch=self.blocks_per_batch, window=self.window,
             num_skips=self.num_skips, reduced_window=self.reduced_window,
             noise_samples=self.noise_samples, seed=self.seed, rank=rank, world_size=world,
-            epoch_fn=(lambda: t.current_epoch) if t is not None else None,
-            steps_per_execution=self.steps_per_execution)
-        loader.attach(t)
-        return loader
+            epoch_fn=(lambda: t.current_epoch) if t is not None else None)
+        return self.training_loader(loader)
 
     def _analogy_loader(self) -> AnalogyLoader | list:
         if self.vocab is None:

@@ -227,7 +227,8 @@ class IMDBDataModule(InMemoryDataModule):
             validates on films the model has read about, which the test set (other films)
             never does.
         bucket_batches: training batches per length-sorted pool (0: no bucketing).
-        batch_size (book: 32), eval_batch_size, steps_per_execution, on_device, seed: batching.
+        batch_size (book: 32), eval_batch_size, on_device, seed, ``**kwargs``: batching
+            (:class:`~fodl.data.base.InMemoryDataModule`).
     """
 
     def __init__(self, data_dir: str | None = None, cache_dir: str | None = None,
@@ -236,8 +237,8 @@ class IMDBDataModule(InMemoryDataModule):
                  min_count: int = 1, val_size: int = 2500, split_seed: int = 0,
                  val_split: str = "random",
                  bucket_batches: int = 50, batch_size: int = 32, eval_batch_size: int = 256,
-                 steps_per_execution: int = 1, on_device: bool = True, seed: int = 0) -> None:
-        super().__init__(batch_size, eval_batch_size, seed, on_device, False, steps_per_execution)
+                 on_device: bool = True, seed: int = 0, **kwargs) -> None:
+        super().__init__(batch_size, eval_batch_size, seed, on_device, False, **kwargs)
         get_tokenizer(tokenizer)  # an unknown name fails here, before any reading
         if max_len < 1:
             raise FodlError(f"data.max_len={max_len}: keep at least 1 token per review.")

@@ -7,9 +7,11 @@ possible) and a batch is one ``index_select`` per tensor.
 
 from __future__ import annotations
 
+import math
 import weakref
 from typing import Any, Callable, Iterator, Sequence
 
+import lightning as L
 import torch
 
 
@@ -26,9 +28,20 @@ class StepGroup(list):
     """Consecutive minibatches delivered as one item (``steps_per_execution > 1``): the
     training loop (:class:`fodl.models.base.FodlModule`) takes one optimizer step for each, in
     order. A type of its own, so that a plain ``list`` batch (what ``default_collate`` makes of
-    a dataset of tuples) is never mistaken for a group."""
+    a dataset of tuples) is never mistaken for a group. Outside this module and the training
+    loop, code sees items through :func:`minibatches_of` / :func:`one_item` only."""
 
     __slots__ = ()
+
+
+def minibatches_of(item: Any) -> Sequence:
+    """The minibatches a loader's item holds, in order: the item's group, or the item alone."""
+    return item if type(item) is StepGroup else (item,)
+
+
+def one_item(minibatches: Sequence) -> Any:
+    """The loader item that holds ``minibatches`` (a lone minibatch is its own item)."""
+    return minibatches[0] if len(minibatches) == 1 else StepGroup(minibatches)
 
 
 def map_minibatches(item: Any, fn: Callable[[Any], Any]) -> Any:
@@ -49,10 +62,12 @@ class MinibatchLoader:
     take several optimizer steps per Lightning step, amortising the framework's per-batch
     overhead (same minibatches, same order).
 
-    Grouping is known here and in the training loop only: :meth:`attach` keeps the trainer's
-    batch counts (``limit_train_batches``, an int ``val_check_interval``) counting
-    minibatches, :attr:`items_are_minibatches` / :meth:`minibatches_in` tell a progress
-    display how many minibatches a number of items holds, and :meth:`minibatches` iterates minibatches whatever the grouping.
+    Grouping is known here and in the training loop (:mod:`fodl.models.base`) only.
+    :meth:`attach` decides, for the trainer at hand, whether grouping can be invisible (else
+    it delivers single minibatches) and keeps the trainer's batch counts
+    (``limit_train_batches``, an int ``val_check_interval``) counting minibatches;
+    :meth:`minibatches_in` tells a progress display how many minibatches a number of items
+    holds, and :meth:`minibatches` iterates minibatches whatever the grouping.
     """
 
     steps_per_execution: int = 1
@@ -90,11 +105,6 @@ class MinibatchLoader:
         if group:
             yield group
 
-    @property
-    def items_are_minibatches(self) -> bool:
-        """False when items are groups: then Lightning's item counts are not minibatches."""
-        return self.steps_per_execution == 1
-
     def minibatches_in(self, items: int) -> int:
         """Minibatches in the first ``items`` items of a pass (the last group may be short)."""
         if self.steps_per_execution == 1:
@@ -102,18 +112,23 @@ class MinibatchLoader:
         return min(items * self.steps_per_execution, self.num_batches())
 
     def attach(self, trainer) -> None:
-        """Called by a DataModule for the training loader it hands ``trainer``. With grouped
-        minibatches, Lightning counts *items* (groups); the two trainer settings that count
-        batches are translated so they keep meaning minibatches: ``limit_train_batches`` (int
-        or fraction) is applied by this loader itself and the trainer's own limit lifted; an
-        int ``val_check_interval`` becomes whole groups (rounded up). The user's values are
-        kept, so a re-created loader translates again."""
-        k = self.steps_per_execution
-        if k == 1 or trainer is None:
+        """Make this the training loader of ``trainer``: group ``steps_per_execution``
+        minibatches per item only where nothing can tell (:func:`invisible_grouping`), and keep
+        the trainer's settings that count batches meaning minibatches. Lightning counts *items*;
+        ``limit_train_batches`` (int or fraction) is applied by this loader itself and the
+        trainer's own limit lifted; an int ``val_check_interval`` becomes whole groups (the
+        group size is cut to a divisor of it, so validation runs after exactly that many
+        minibatches). The user's values are kept, so a re-created loader translates again."""
+        if trainer is None:
             return
         if trainer not in _USER_LIMITS:
             _USER_LIMITS[trainer] = (trainer.limit_train_batches, trainer.val_check_interval)
         limit, every = _USER_LIMITS[trainer]
+        trainer.limit_train_batches, trainer.val_check_interval = limit, every  # as the user set them
+        k = invisible_grouping(trainer, self.steps_per_execution, every)
+        self.steps_per_execution = k
+        if k == 1:
+            return
         if isinstance(limit, int):
             self.max_batches = limit
             trainer.limit_train_batches = 1.0
@@ -121,7 +136,77 @@ class MinibatchLoader:
             self.max_batches = max(int(self.num_batches() * limit), 1 if limit > 0 else 0)
             trainer.limit_train_batches = 1.0
         if isinstance(every, int):
-            trainer.val_check_interval = -(-every // k)
+            trainer.val_check_interval = every // k
+
+
+def invisible_grouping(trainer, k: int, val_check_interval: Any = None) -> int:
+    """The group size (``<= k``) at which grouping changes nothing anyone can see: 1 when
+    something observes Lightning's training batches one by one, i.e. a step limit
+    (``max_steps``, checked once per item), a profiler (its per-batch timings), or a callback
+    with a per-batch hook (``on_train_batch_start`` / ``on_train_batch_end``: it would see a
+    group as one batch), except progress bars (they count minibatches through
+    :meth:`MinibatchLoader.minibatches_in`) and checkpointers that save per epoch only; else
+    ``k`` cut to a divisor of an int ``val_check_interval``."""
+    from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+    from lightning.pytorch.callbacks.progress.progress_bar import ProgressBar
+    from lightning.pytorch.profilers import PassThroughProfiler
+
+    from fodl.compat import saves_mid_epoch
+
+    if k <= 1:
+        return 1
+    if (trainer.max_steps or -1) >= 0 or not isinstance(trainer.profiler, PassThroughProfiler):
+        return 1
+    for cb in trainer.callbacks:
+        if isinstance(cb, ProgressBar) or (isinstance(cb, ModelCheckpoint) and not saves_mid_epoch(cb)):
+            continue
+        if any(getattr(type(cb), hook) is not getattr(Callback, hook)
+               for hook in ("on_train_batch_start", "on_train_batch_end")):
+            return 1
+    if isinstance(val_check_interval, int):
+        return math.gcd(k, val_check_interval)
+    return k
+
+
+class MinibatchDataModule(L.LightningDataModule):
+    """Base of fodl's DataModules whose training loader is a :class:`MinibatchLoader`: the one
+    place a DataModule takes ``data.steps_per_execution`` (several optimizer steps per
+    Lightning step: same minibatches, same order, less framework overhead for small nets).
+
+    A subclass builds its training loader and returns ``self.training_loader(loader)``, and
+    puts per-minibatch work after the transfer to the device (augmentation) in
+    :meth:`on_after_minibatch_transfer`.
+
+    Args:
+        steps_per_execution: minibatches per Lightning step when nothing observes Lightning's
+            batches one by one (:func:`invisible_grouping`); 1: one per step.
+    """
+
+    def __init__(self, steps_per_execution: int = 1) -> None:
+        super().__init__()
+        self.steps_per_execution = int(steps_per_execution)
+
+    def training_loader(self, loader: MinibatchLoader) -> MinibatchLoader:
+        """``loader`` as the training loader of this DataModule's trainer (grouped when that
+        changes nothing anyone sees)."""
+        loader.steps_per_execution = self.steps_per_execution
+        loader.attach(self.trainer)
+        return loader
+
+    def on_after_minibatch_transfer(self, minibatch: Any) -> Any:
+        """One minibatch after its transfer to the device (train, validation or test): the
+        place for on-device augmentation. The default leaves it alone."""
+        return minibatch
+
+    @property
+    def transforms_batches(self) -> bool:
+        """Whether :meth:`on_after_minibatch_transfer` has anything to do (else batches skip it)."""
+        return type(self).on_after_minibatch_transfer is not MinibatchDataModule.on_after_minibatch_transfer
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if not self.transforms_batches:
+            return batch
+        return map_minibatches(batch, self.on_after_minibatch_transfer)
 
 
 class TensorLoader(MinibatchLoader):

@@ -149,7 +149,8 @@ class ParallelTextDataModule(InMemoryDataModule):
             sources and targets are cut to it.
         val_size, split_seed: held-out training pairs when there is no validation split.
         bucket_batches: training batches per length-sorted pool (0: no bucketing).
-        batch_size, eval_batch_size, steps_per_execution, on_device, seed: batching.
+        batch_size, eval_batch_size, on_device, seed, ``**kwargs``: batching
+            (:class:`~fodl.data.base.InMemoryDataModule`).
     """
 
     def __init__(self, data_dir: str | None = None, cache_dir: str | None = None,
@@ -159,9 +160,9 @@ class ParallelTextDataModule(InMemoryDataModule):
                  tgt_max_size: int | None = None,
                  max_len: int = 50, val_size: int = 1000, split_seed: int = 0,
                  bucket_batches: int = 50, batch_size: int = 128, eval_batch_size: int = 256,
-                 steps_per_execution: int = 1, on_device: bool = True, seed: int = 0,
-                 subword: str | None = None, subword_vocab_size: int = 8000) -> None:
-        super().__init__(batch_size, eval_batch_size, seed, on_device, False, steps_per_execution)
+                 on_device: bool = True, seed: int = 0,
+                 subword: str | None = None, subword_vocab_size: int = 8000, **kwargs) -> None:
+        super().__init__(batch_size, eval_batch_size, seed, on_device, False, **kwargs)
         if subword in ("none", "null", ""):
             subword = None
         if subword not in (None, "bpe"):

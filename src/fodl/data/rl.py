@@ -7,7 +7,7 @@ the train loader yields, validation after each epoch) is the RL loop:
 - :class:`ReplayDataModule` (DQN): each item of an epoch is at least ``train_freq``
   environment steps of epsilon-greedy acting (one vector step of all ``num_envs``
   environments at a time) written to the replay memory, then ``gradient_steps`` minibatches
-  for every ``train_freq`` environment steps taken (a :class:`~fodl.data.loader.StepGroup` when
+  for every ``train_freq`` environment steps taken (one item of several minibatches when
   more than one: one optimizer step each). The replay ratio is per environment step, so
   ``num_envs`` changes how many environments step at once, not what is learnt per step. The
   first item waits until ``learning_starts`` transitions were taken at random.
@@ -37,7 +37,7 @@ import lightning as L
 import numpy as np
 import torch
 
-from fodl.data.loader import StepGroup, derive_seed
+from fodl.data.loader import derive_seed, one_item
 from fodl.errors import FodlError
 from fodl.rl.envs import VECTORIZATIONS, EnvSpec, make_vector_env
 
@@ -340,7 +340,7 @@ class ReplayStream:
             batches = dm.buffer.sample(dm.batch_size, max(dm.minibatches_due(), 1), dm.n_step)
             batches[0]["rollout"] = {"env_steps": c.env_steps, "episodes": c.drain(),
                                      "sps": dm.sps()}
-            yield batches[0] if len(batches) == 1 else StepGroup(batches)
+            yield one_item(batches)
 
 
 class EpisodeDataModule(_EnvDataModule):

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from fodl.compat import PlainHookAttributes, advance_logged_steps, can_step_directly, step_directly
-from fodl.data.loader import StepGroup
+from fodl.data.loader import minibatches_of
 from fodl.errors import FodlError
 from fodl.text.state import TEXT_KEY, load_text_state, store_text_state
 
@@ -51,11 +51,12 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
             optimizer step, hooks and logging stay eager; evaluation and odd-sized batches run
             the eager net. Families call the net through :meth:`run_net` for this to apply.
 
-    A batch that is a :class:`~fodl.data.loader.StepGroup` (``data.steps_per_execution > 1``)
-    gets one optimizer step per minibatch in it, in order: the same steps as ungrouped, with
-    Lightning's per-batch cost paid once per group. TensorBoard's step axis, the progress bar,
-    ``limit_train_batches`` and ``val_check_interval`` count minibatches either way
-    (``fodl.data.base.InMemoryDataModule`` and :meth:`_count_group` see to it).
+    A batch that is a group of minibatches (``data.steps_per_execution > 1``:
+    :class:`~fodl.data.loader.MinibatchLoader`) gets one optimizer step per minibatch in it, in
+    order: the same steps as ungrouped, with Lightning's per-batch cost paid once per group.
+    TensorBoard's step axis, the progress bar, ``limit_train_batches``, ``val_check_interval``
+    and the scheduler count minibatches either way (the loader and :meth:`_count_group` see to
+    it); the loader groups only where nothing else can tell.
     """
 
     def __init__(
@@ -98,16 +99,16 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
 
     # -- training ------------------------------------------------------------------------
     def training_step(self, batch, batch_idx: int) -> torch.Tensor:
-        grouped = type(batch) is StepGroup
+        minibatches = minibatches_of(batch)
+        grouped = minibatches is batch  # the item is a group (perhaps of one: an epoch's last)
         opt = self.optimizers()
         clip = self.gradient_clip_val
         step_scheduler = self.lr_schedulers() if (
             self.scheduler_factory and self.scheduler_interval == "step") else None
         if self.cuda_graph and self._graph_shape is None:
-            self._capture(self.graph_input(batch[0] if grouped else batch))
+            self._capture(self.graph_input(minibatches[0]))
         direct = self._direct
         accumulate = self.accumulate_grad_batches
-        minibatches = batch if grouped else (batch,)
         for minibatch in minibatches:
             loss = self.training_loss(minibatch)
             if accumulate > 1:  # gradients of `accumulate` minibatches, then one step
@@ -360,8 +361,7 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
         if per_epoch is not None and (t.max_steps is None or t.max_steps < 0) and t.max_epochs > 0:
             # a short last group counts what it holds; an epoch's last accumulation steps too
             return max(1, -(-per_epoch() // self.accumulate_grad_batches) * t.max_epochs)
-        dm = t.datamodule
-        minibatches = lightning_steps * (getattr(dm, "steps_per_execution", 1) if dm else 1)
+        minibatches = lightning_steps * getattr(t.train_dataloader, "steps_per_execution", 1)
         return max(1, -(-minibatches // self.accumulate_grad_batches))
 
     def configure_optimizers(self):

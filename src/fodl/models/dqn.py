@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fodl.data.loader import StepGroup
+from fodl.data.loader import minibatches_of
 from fodl.errors import FodlError
 from fodl.models.rl import AgentModule, build_net
 from fodl.rl.schedule import LinearSchedule
@@ -147,7 +147,7 @@ class DQNModule(AgentModule):
         as one pass per minibatch, at a fraction of the cost for small nets (SB3 zoo's CartPole
         setting takes 128 steps per update). Double DQN needs the online net, which changes
         after every step, so its targets are computed per minibatch."""
-        if type(batch) is not StepGroup or self.double or len(batch) < 2:
+        if self.double or len(minibatches_of(batch)) < 2:
             return
         with torch.no_grad():
             next_v = self.target_net(torch.cat([b["next_obs"] for b in batch])).max(1).values

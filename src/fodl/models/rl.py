@@ -34,7 +34,7 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from fodl.data.loader import StepGroup
+from fodl.data.loader import minibatches_of
 from fodl.models.base import FodlModule
 
 
@@ -124,7 +124,7 @@ class AgentModule(FodlModule):
     # -- logging ----------------------------------------------------------------------------
     @staticmethod
     def rollout(batch) -> dict[str, Any]:
-        first = batch[0] if type(batch) is StepGroup else batch
+        first = minibatches_of(batch)[0]
         return first.get("rollout") or {} if isinstance(first, dict) else {}
 
     def _write(self, metrics: dict[str, float], step: int) -> None:
