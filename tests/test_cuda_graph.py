@@ -46,7 +46,7 @@ def test_capture_leaves_batch_norm_statistics_alone_and_matches_eager():
     m = ClassifierModule(net, optimizer=lambda params: torch.optim.SGD(params, 0.1), cuda_graph=True)
     x = torch.randn(32, 8, device="cuda")
     before = [b.clone() for b in net.buffers()]
-    m._capture(x)
+    m.capture_graph(x)
     for b, s in zip(net.buffers(), before):
         torch.testing.assert_close(b, s, rtol=0, atol=0)
     x2 = torch.randn(32, 8, device="cuda")

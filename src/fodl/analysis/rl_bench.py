@@ -360,7 +360,6 @@ def step_breakdown(overrides: list[str], output_dir: Path, vector_steps: int = 1
             if model.gradient_clip_val:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), model.gradient_clip_val)
             opt.step()
-        model._q_means.clear()
 
     owed = 0.0
 
@@ -383,7 +382,6 @@ def step_breakdown(overrides: list[str], output_dir: Path, vector_steps: int = 1
         t1 = time.perf_counter()
         out = envs.step(actions.numpy())
         t2 = time.perf_counter()
-        col._pending = None
         buf.add(obs[:, -1] if stacked else obs, actions.numpy(), out[1], out[2], col.first, ~col.autoreset)
         col.first, col.autoreset, col.obs = col.autoreset, out[2] | out[3], out[0]
         col.env_steps += dm.num_envs
@@ -438,7 +436,7 @@ def _graphed_breakdown(result, model, buf, col, dm, update, due, sync, vector_st
     b = buf.sample(dm.batch_size, 1, dm.n_step)[0]
     with torch.no_grad():
         eager_loss = model.training_loss(b)
-    model._capture(b["obs"])
+    model.capture_graph(b["obs"])
     with torch.no_grad():
         graphed_loss = model.training_loss(b)
     result["graphed_loss_minus_eager"] = float(graphed_loss - eager_loss)

@@ -106,7 +106,7 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
         step_scheduler = self.lr_schedulers() if (
             self.scheduler_factory and self.scheduler_interval == "step") else None
         if self.cuda_graph and self._graph_shape is None:
-            self._capture(self.graph_input(minibatches[0]))
+            self.capture_graph(self.graph_input(minibatches[0]))
         direct = self._direct
         accumulate = self.accumulate_grad_batches
         for minibatch in minibatches:
@@ -288,7 +288,7 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
             raise FodlError(f"model.cuda_graph=true graphs the module's `net`, and "
                             f"{type(self).__name__} has none. Set model.cuda_graph=false.")
 
-    def _capture(self, x: torch.Tensor) -> None:
+    def capture_graph(self, x: torch.Tensor) -> None:
         """Graph ``self.net`` (forward + backward, training mode) for inputs shaped like ``x``.
 
         ``make_graphed_callables`` runs three warm-up passes on ``x``; they leave parameters
