@@ -21,6 +21,7 @@ SB3 is an optional extra (``pip install -e ".[bench]"``), never a dependency of 
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -404,7 +405,8 @@ def step_breakdown(overrides: list[str], output_dir: Path, vector_steps: int = 1
         "num_envs": dm.num_envs, "batch_size": dm.batch_size, "minibatches_per_vector_step": per_step,
         "n_step": dm.n_step, "ms_per_vector_step": ms, "serial_env_steps_per_s": round(dm.num_envs / total, 1)}
     # 2. pipelined, as training runs it
-    for overlap in (False, True):
+    def pipelined(overlap: bool) -> float:
+        """Env steps/s of ``vector_steps`` collect-then-update steps, as training runs them."""
         col.finish()
         sync()
         t, s0 = time.perf_counter(), col.env_steps
@@ -415,23 +417,23 @@ def step_breakdown(overrides: list[str], output_dir: Path, vector_steps: int = 1
                 update(buf.sample(dm.batch_size, k, dm.n_step))
         col.finish()
         sync()
-        result[f"pipelined_env_steps_per_s_overlap_{str(overlap).lower()}"] = round(
-            (col.env_steps - s0) / (time.perf_counter() - t), 1)
+        return round((col.env_steps - s0) / (time.perf_counter() - t), 1)
+
+    for overlap in (False, True):
+        result[f"pipelined_env_steps_per_s_overlap_{str(overlap).lower()}"] = pipelined(overlap)
     if device.type == "cuda":
         print_fn(json.dumps(result))
         try:
-            _graphed_breakdown(result, model, buf, col, dm, update, due, sync, vector_steps)
+            _graphed_breakdown(result, model, buf, dm, update, due, sync, vector_steps, pipelined)
         except Exception as e:   # a report of what failed, after what was measured
             result["cuda_graph_error"] = f"{type(e).__name__}: {e}"
-    import os
-
     result["load_avg_1min"] = round(os.getloadavg()[0], 2)
     col.close()
     print_fn(json.dumps(result))
     return result
 
 
-def _graphed_breakdown(result, model, buf, col, dm, update, due, sync, vector_steps) -> None:
+def _graphed_breakdown(result, model, buf, dm, update, due, sync, vector_steps, pipelined) -> None:
     """Part 3 of :func:`step_breakdown` (a GPU): the update with the online net graphed."""
     b = buf.sample(dm.batch_size, 1, dm.n_step)[0]
     with torch.no_grad():
@@ -448,14 +450,4 @@ def _graphed_breakdown(result, model, buf, col, dm, update, due, sync, vector_st
             update(buf.sample(dm.batch_size, k, dm.n_step))
     sync()
     result["ms_per_vector_step"]["update_cuda_graph"] = round(1000 * (time.perf_counter() - t) / vector_steps, 2)
-    col.finish()
-    t, s0 = time.perf_counter(), col.env_steps
-    for _ in range(vector_steps):
-        col.collect(model, dm.num_envs, overlap=True)
-        k = due()
-        if k:
-            update(buf.sample(dm.batch_size, k, dm.n_step))
-    col.finish()
-    sync()
-    result["pipelined_env_steps_per_s_overlap_true_cuda_graph"] = round(
-        (col.env_steps - s0) / (time.perf_counter() - t), 1)
+    result["pipelined_env_steps_per_s_overlap_true_cuda_graph"] = pipelined(True)
