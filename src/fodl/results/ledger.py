@@ -22,7 +22,7 @@ from typing import Any
 
 from fodl.errors import FodlError
 from fodl.results.registry import Entry, Registry
-from fodl.results.runs import RECORD, REPO, SeedRun, inspect_dir
+from fodl.results.runs import RECORD, REPO, SeedRun, inspect_dir, read_json
 
 LEDGER = REPO / "results" / "runs"
 #: what a ledger record keeps of a run's reproduce.json (plus metrics, source and device)
@@ -34,19 +34,11 @@ def path(ledger: str | Path, entry_id: str, seed: int) -> Path:
     return Path(ledger) / entry_id / f"seed{seed}.json"
 
 
-def _load(p: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(p.read_text())
-    except (OSError, json.JSONDecodeError):
-        return {}
-    return data if isinstance(data, dict) else {}
-
-
 def read(ledger: str | Path, entry: Entry, seed: int) -> SeedRun:
     """The ledger's run of (entry, seed): *finished* (recorded with this entry's overrides),
     *stale* (recorded with other overrides: the registry changed) or *missing*."""
     p = path(ledger, entry.runs_id, seed)
-    rec = _load(p)
+    rec = read_json(p)
     if not rec:
         return SeedRun(seed, p, "missing")
     if list(rec.get("overrides") or []) != list(entry.overrides) or rec.get("seed") != seed:
@@ -138,7 +130,7 @@ def import_runs(reg: Registry, source: str | Path, ledger: str | Path = LEDGER,
     out = []
     for rec_file in found:
         d = rec_file.parent
-        raw = _load(rec_file)
+        raw = read_json(rec_file)
         eid, seed = str(raw.get("id", "")), raw.get("seed")
         why = ""
         if raw.get("smoke"):

@@ -39,7 +39,8 @@ class SeedRun:
         return self.record.get("error")
 
 
-def _json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
+    """A JSON object from ``path``; ``{}`` when it is missing, unreadable or not an object."""
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -57,12 +58,12 @@ def inspect(root: str | Path, entry: Entry, seed: int) -> SeedRun:
 
 def inspect_dir(d: Path, entry: Entry, seed: int) -> SeedRun:
     """:func:`inspect` of a run directory ``d`` wherever it is (e.g. one made on another machine)."""
-    record = _json(d / RECORD)
+    record = read_json(d / RECORD)
     if not d.is_dir() or not record:
         return SeedRun(seed, d, "missing")
     if list(record.get("overrides") or []) != list(entry.overrides) or record.get("seed") != seed:
         return SeedRun(seed, d, "stale", record=record)
-    raw = _json(d / "metrics.json")
+    raw = read_json(d / "metrics.json")
     try:
         metrics = {k: float(v) for k, v in raw.items()}
     except (TypeError, ValueError):
