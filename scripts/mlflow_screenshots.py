@@ -20,9 +20,7 @@ the MLflow client against a real server in tests/test_tracking.py.
 
 from __future__ import annotations
 
-import argparse
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -32,7 +30,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "scripts"))
-from tensorboard_screenshots import free_port, shoot  # noqa: E402
+from tensorboard_screenshots import free_port, screenshot_args, shoot  # noqa: E402
 
 
 def train_runs(logdir: Path, epochs: int, extra: list[str]) -> None:
@@ -57,21 +55,7 @@ def wait_healthy(base: str, proc: subprocess.Popen, timeout: float = 180) -> Non
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--logdir", default="outputs/screenshots_mlflow")
-    ap.add_argument("--out", default=str(ROOT / "docs"))
-    ap.add_argument("--train", action="store_true", help="train the runs first (see above)")
-    ap.add_argument("--epochs", type=int, default=3)
-    ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser")
-                    or shutil.which("google-chrome"))
-    ap.add_argument("--budget-ms", type=int, default=60000, help="virtual time for the page to render")
-    ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for --train")
-    args = ap.parse_args()
-    if not args.chromium:
-        raise SystemExit("No Chromium found: apt-get install chromium, or pass --chromium PATH.")
-    logdir = Path(args.logdir).resolve()
-    if args.train:
-        train_runs(logdir, args.epochs, args.overrides)
+    args, logdir = screenshot_args(__doc__, "outputs/screenshots_mlflow", 3, 60000, train_runs)
     db = logdir / "mlruns" / "mlflow.db"
     if not db.is_file():
         raise SystemExit(f"{db} does not exist: run with --train, or give --logdir.")

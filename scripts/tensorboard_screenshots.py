@@ -90,22 +90,30 @@ def shoot(chromium: str, url: str, out: Path, size: str, budget_ms: int) -> None
     print(f"wrote {out} ({out.stat().st_size} bytes)")
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--logdir", default="outputs/screenshots")
+def screenshot_args(doc: str, logdir: str, epochs: int, budget_ms: int, train) -> tuple[argparse.Namespace, Path]:
+    """The screenshot scripts' shared command line: parse it, find Chromium, train the runs
+    first with ``--train`` (``train(logdir, epochs, overrides)``); returns the arguments and the
+    resolved log directory."""
+    ap = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--logdir", default=logdir)
     ap.add_argument("--out", default=str(ROOT / "docs"))
     ap.add_argument("--train", action="store_true", help="train the runs first (see above)")
-    ap.add_argument("--epochs", type=int, default=10, help="epochs of the chapter 4 sweep (--train)")
+    ap.add_argument("--epochs", type=int, default=epochs, help="epochs of the sweep (--train)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or shutil.which("chromium-browser")
                     or shutil.which("google-chrome"))
-    ap.add_argument("--budget-ms", type=int, default=20000, help="virtual time for the page to render")
+    ap.add_argument("--budget-ms", type=int, default=budget_ms, help="virtual time for the page to render")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for --train")
     args = ap.parse_args()
     if not args.chromium:
         raise SystemExit("No Chromium found: apt-get install chromium, or pass --chromium PATH.")
-    logdir = Path(args.logdir).resolve()
+    logdir_path = Path(args.logdir).resolve()
     if args.train:
-        train_runs(logdir, args.epochs, args.overrides)
+        train(logdir_path, args.epochs, args.overrides)
+    return args, logdir_path
+
+
+def main() -> None:
+    args, logdir = screenshot_args(__doc__, "outputs/screenshots", 10, 20000, train_runs)
     if not logdir.is_dir():
         raise SystemExit(f"{logdir} does not exist: run with --train, or give --logdir.")
     out = Path(args.out)
