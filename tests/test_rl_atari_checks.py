@@ -56,11 +56,11 @@ class PongTracker(nn.Module):
     def forward(self, obs: torch.Tensor) -> torch.Tensor:
         self.inputs.append(obs.clone())
         n = obs.shape[0]
-        mode = np.array(self.modes[:n])
-        oldest = torch.as_tensor(mode == "oldest")
+        mode, dev = np.array(self.modes[:n]), obs.device
+        oldest = torch.as_tensor(mode == "oldest", device=dev)
         frame = torch.where(oldest[:, None, None], obs[:, 0], obs[:, -1])
         play = frame[:, 14:77].int()
-        rows = torch.arange(play.shape[1])[None, :, None]
+        rows = torch.arange(play.shape[1], device=dev)[None, :, None]
         ball = play >= 200
         paddle = torch.zeros_like(ball)
         paddle[:, :, 72:77] = ((play[:, :, 72:77] - 87).abs() > 12) & (play[:, :, 72:77] < 200)
@@ -68,15 +68,16 @@ class PongTracker(nn.Module):
         ball_y = (ball * rows).sum((1, 2)) / ball.sum((1, 2)).clamp(min=1)
         paddle_y = (paddle * rows).sum((1, 2)) / paddle.sum((1, 2)).clamp(min=1)
         up, down = seen & (ball_y < paddle_y - 1), seen & (ball_y > paddle_y + 1)
-        away = torch.as_tensor(mode == "away")
+        away = torch.as_tensor(mode == "away", device=dev)
         up, down = torch.where(away, down, up), torch.where(away, up, down)
-        q = torch.zeros(n, len(PONG_ACTIONS))
+        q = torch.zeros(n, len(PONG_ACTIONS), device=dev)
         q[:, NOOP] = 0.5
         q[up, UP] = 1.0
         q[down, DOWN] = 1.0
         noise = obs.long().sum((1, 2, 3)) * 2654435761 % len(PONG_ACTIONS)
-        q[torch.as_tensor(mode == "random")] = 0.0
-        q[torch.as_tensor(mode == "random"), noise[torch.as_tensor(mode == "random")]] = 1.0
+        rand = torch.as_tensor(mode == "random", device=dev)
+        q[rand] = 0.0
+        q[rand, noise[rand]] = 1.0
         return q
 
 
@@ -135,7 +136,13 @@ def test_pong_action_sets_and_stacks_agree_between_the_paths_and_the_net():
         vector.close()
 
 
-def test_scripted_pong_policy_through_the_agent_keeps_the_ball_in_play():
+# the collector and the replay memory on every device here (a GPU: pinned staging, the sync-free
+# sampler and acting there, as in GPU training)
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_scripted_pong_policy_through_the_agent_keeps_the_ball_in_play(device):
     """Eight Pong games through the training path (ale-py's vector env, the collector with
     overlapped steps, DQNModule.act with epsilon 0). A Q-net that moves the paddle towards the
     ball loses far fewer points than random play; the same net with up and down swapped, or
@@ -148,17 +155,17 @@ def test_scripted_pong_policy_through_the_agent_keeps_the_ball_in_play():
     modes = ["track", "random", "away", "oldest"] * 2
     steps = 400
     tracker = PongTracker(modes)
-    agent = DQNModule(tracker, epsilon_start=0.0, epsilon_end=0.0)
+    agent = DQNModule(tracker, epsilon_start=0.0, epsilon_end=0.0).to(device)
     envs = Recorder(make_vector_env(EnvSpec.from_config({"id": "ALE/Pong-v5"}), len(modes)))
     assert envs.envs.num_envs == 8 and hasattr(envs.envs, "send")   # ale-py's vector env
     buf = ReplayBuffer(8 * (steps + 2), num_envs=8, frame_shape=(84, 84), frame_dtype=torch.uint8,
-                       stack=4)
+                       stack=4, device=device)
     col = StepCollector(envs, buf, seed=5, life_loss=True, stacked=True)
     for _ in range(steps // 4):
         col.collect(agent, 32, overlap=True)
     col.finish()
     col.close()
-    lost = (buf.rewards[:buf.pos] < 0).sum(0).numpy()
+    lost = (buf.rewards[:buf.pos] < 0).sum(0).cpu().numpy()
     by_mode = {m: int(sum(lost[i] for i in range(8) if modes[i] == m)) for m in set(modes)}
     assert by_mode["random"] >= 10, by_mode              # random play loses a point every ~40 steps
     assert by_mode["track"] <= by_mode["random"] / 2, by_mode   # measured: 6 vs 18
@@ -167,7 +174,7 @@ def test_scripted_pong_policy_through_the_agent_keeps_the_ball_in_play():
     # what the net was given: the observations returned by the step before, uint8
     assert len(tracker.inputs) == len(envs.log) == steps
     for i in range(1, steps):
-        assert torch.equal(tracker.inputs[i], torch.as_tensor(envs.log[i - 1][0]))
+        assert torch.equal(tracker.inputs[i].cpu(), torch.as_tensor(envs.log[i - 1][0]))
     assert tracker.inputs[0].dtype == torch.uint8
     # every transition's stored action is the greedy action on its rebuilt observation (the
     # games as one batch: the net's policy differs per row)
@@ -176,19 +183,19 @@ def test_scripted_pong_policy_through_the_agent_keeps_the_ball_in_play():
     assert len(rows) > 0.95 * steps
     obs = torch.stack([torch.stack([buf.observation(int(t), e) for e in range(8)]) for t in rows])
     greedy = torch.stack([tracker(o).argmax(1) for o in obs])
-    assert torch.equal(greedy, buf.actions[torch.as_tensor(rows)])
+    assert torch.equal(greedy, buf.actions[torch.as_tensor(rows, device=buf.device)])
     assert (greedy[:, 0] != NOOP).float().mean() > 0.3    # the tracking paddle moved
 
 
-def _replay_with_log(spec: EnvSpec, steps: int, seed: int):
+def _replay_with_log(spec: EnvSpec, steps: int, seed: int, device: str):
     """A replay memory filled through the collector from 2 Pong games (the first 10 vector
     steps at random, then the paddle moved away from the ball, with epsilon 0.2: a game is
     over in ~770 steps), with the actions sent and everything each step returned."""
     envs = Recorder(make_vector_env(spec, 2, "ale"))
     buf = ReplayBuffer(2 * (steps + 2), num_envs=2, frame_shape=(84, 84), frame_dtype=torch.uint8,
-                       stack=4, seed=seed)
+                       stack=4, seed=seed, device=device)
     col = StepCollector(envs, buf, seed=seed, life_loss=True, stacked=True)
-    agent = DQNModule(PongTracker(["away", "away"]), epsilon_start=0.2, epsilon_end=0.2)
+    agent = DQNModule(PongTracker(["away", "away"]), epsilon_start=0.2, epsilon_end=0.2).to(device)
     col.reset()
     seen = []        # the observation each vector step acted on
     for _ in range(steps):
@@ -217,7 +224,8 @@ def _hand_window(log, t: int, e: int, n: int, gamma: float, newest: int):
     return g, False, m, log[t + m - 1][0][e], False
 
 
-def test_n_step_double_dqn_targets_on_real_pong_replay():
+@pytest.mark.parametrize("device", DEVICES)
+def test_n_step_double_dqn_targets_on_real_pong_replay(device):
     """Minibatches drawn from a replay filled with real Pong steps through the collector, by
     the host sampler and by the GPU's sync-free one: observations, actions, n-step rewards,
     terminal flags, window lengths and the state bootstrapped from (the observation m steps
@@ -229,10 +237,12 @@ def test_n_step_double_dqn_targets_on_real_pong_replay():
     online, target = NatureCNN((4, 84, 84), 6), NatureCNN((4, 84, 84), 6)
     module = DQNModule(online, gamma=gamma, double=True)
     module.target_net.load_state_dict(target.state_dict())
+    module.to(device)
+    target.to(device)
     cases = {"terminal": 0, "cut": 0, "short": 0, "rewarded": 0}
     for spec, steps in ((EnvSpec.from_config({"id": "ALE/Pong-v5"}), 800),
                         (EnvSpec.from_config({"id": "ALE/Pong-v5", "max_episode_steps": 50}), 130)):
-        buf, seen, envs = _replay_with_log(spec, steps, seed=3)
+        buf, seen, envs = _replay_with_log(spec, steps, seed=3, device=device)
         # the steps up to n before every game's end (game over or time limit), drawn for sure
         ends = [(j - k, i) for j, (_, _, term, trunc, _) in enumerate(envs.log)
                 for i in np.flatnonzero(term | trunc) for k in range(n)]
@@ -240,12 +250,12 @@ def test_n_step_double_dqn_targets_on_real_pong_replay():
         for sync_free in (False, True):
             buf.sync_free = sync_free
             t, e = buf.sample_indices(64)
-            assert buf.drawable()[t.numpy(), e.numpy()].all()
-            t = torch.cat([t, torch.tensor([j for j, _ in ends])])
-            e = torch.cat([e, torch.tensor([i for _, i in ends])])
+            assert buf.drawable()[t.cpu().numpy(), e.cpu().numpy()].all()
+            t = torch.cat([t, torch.tensor([j for j, _ in ends], device=buf.device)])
+            e = torch.cat([e, torch.tensor([i for _, i in ends], device=buf.device)])
             drawn = buf.sample_indices
             buf.sample_indices = lambda k: (t, e)
-            batch = buf.sample(len(t), n_step=n)
+            batch = {k: v.cpu() for k, v in buf.sample(len(t), n_step=n).items()}
             buf.sample_indices = drawn
             want = [_hand_window(envs.log, ti, ei, n, gamma, buf.pos - 2)
                     for ti, ei in zip(t.tolist(), e.tolist())]
@@ -269,11 +279,13 @@ def test_n_step_double_dqn_targets_on_real_pong_replay():
             assert set(batch["reward"].unique().tolist()) <= {-1.0, 0.0, 1.0}
             # the module's target, and the same computed here from the states built by hand
             with torch.no_grad():
-                v = target(nxt).gather(1, online(nxt).argmax(1, keepdim=True)).squeeze(1)
+                s2 = nxt.to(device)
+                v = target(s2).gather(1, online(s2).argmax(1, keepdim=True)).squeeze(1).cpu()
                 y = g + gamma ** m * (1 - done) * v
-                assert torch.allclose(module.td_target(batch), y, atol=1e-5)
+                on_device = {k: x.to(device) for k, x in batch.items()}
+                assert torch.allclose(module.td_target(on_device).cpu(), y, atol=1e-4)
                 # uint8 -> float is x / 255 for replay minibatches (and acting: same net, same dtype)
-                x = batch["obs"][:8]
+                x = batch["obs"][:8].to(device)
                 assert torch.allclose(online(x), online(x.float() / 255.0))
     assert cases["terminal"] >= 4 and cases["cut"] >= 4 and cases["rewarded"] >= 10, cases
     # the single-env path gives the net the same uint8 stacks (scaled by the same net)
