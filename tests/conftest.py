@@ -133,3 +133,27 @@ def run_script(script: str, args: list[str], cwd: Path, env: dict | None = None,
     full_env = {**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})}
     return subprocess.run([sys.executable, str(ROOT / "scripts" / script), *args], cwd=cwd,
                           env=full_env, capture_output=True, text=True, timeout=timeout)
+
+
+class RecordingVectorEnv:
+    """Wraps a vector env that has ``send`` / ``recv`` (ale-py's, through fodl's ``AtariVector``)
+    and records the actions sent (``sent``) and what every step returned (``log``): the RL
+    tests check the collector and the replay memory against them."""
+
+    def __init__(self, envs) -> None:
+        self.envs, self.num_envs, self.log, self.sent = envs, envs.num_envs, [], []
+        self.single_action_space = envs.single_action_space
+
+    def reset(self, **kwargs):
+        return self.envs.reset(**kwargs)
+
+    def send(self, actions) -> None:
+        self.sent.append(np.array(actions))
+        self.envs.send(actions)
+
+    def recv(self):
+        self.log.append(self.envs.recv())
+        return self.log[-1]
+
+    def close(self) -> None:
+        self.envs.close()

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import FAST, compose_train
+from conftest import FAST, RecordingVectorEnv, compose_train
 
 gym = pytest.importorskip("gymnasium")
 
@@ -678,27 +678,6 @@ def test_overlapped_env_steps_store_the_same_transitions():
     sync.close()
 
 
-class _Recorder:
-    """A vector env that records what every step returned."""
-
-    def __init__(self, envs):
-        self.envs, self.num_envs, self.log = envs, envs.num_envs, []
-        self.single_action_space = envs.single_action_space
-
-    def reset(self, **kwargs):
-        return self.envs.reset(**kwargs)
-
-    def send(self, actions):
-        self.envs.send(actions)
-
-    def recv(self):
-        self.log.append(self.envs.recv())
-        return self.log[-1]
-
-    def close(self):
-        self.envs.close()
-
-
 def test_ale_collector_stores_what_the_env_returned():
     """Breakout in ale-py's vector env through the collector (random actions): every drawable
     row of the replay rebuilds the observation the agent acted on and the next one (zero-padded
@@ -706,7 +685,7 @@ def test_ale_collector_stores_what_the_env_returned():
     life, not a time limit); autoreset rows are never drawn; episode statistics are raw scores."""
     pytest.importorskip("ale_py")
     spec = EnvSpec.from_config({"id": "ALE/Breakout-v5", "noop_max": 0, "max_episode_steps": 120})
-    envs = _Recorder(make_vector_env(spec, 2, "ale"))
+    envs = RecordingVectorEnv(make_vector_env(spec, 2, "ale"))
     buf = ReplayBuffer(2 * 400, num_envs=2, frame_shape=(84, 84), frame_dtype=torch.uint8, stack=4)
     col = StepCollector(envs, buf, seed=1, life_loss=True, stacked=True)
     col.reset()

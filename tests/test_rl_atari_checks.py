@@ -23,6 +23,8 @@ import pytest
 import torch
 from torch import nn
 
+from conftest import RecordingVectorEnv
+
 pytest.importorskip("gymnasium")
 pytest.importorskip("ale_py")
 
@@ -81,28 +83,6 @@ class PongTracker(nn.Module):
         return q
 
 
-class Recorder:
-    """A vector env (with send / recv) that records what every step returned."""
-
-    def __init__(self, envs) -> None:
-        self.envs, self.num_envs, self.log, self.sent = envs, envs.num_envs, [], []
-        self.single_action_space = envs.single_action_space
-
-    def reset(self, **kwargs):
-        return self.envs.reset(**kwargs)
-
-    def send(self, actions) -> None:
-        self.sent.append(np.array(actions))
-        self.envs.send(actions)
-
-    def recv(self):
-        self.log.append(self.envs.recv())
-        return self.log[-1]
-
-    def close(self) -> None:
-        self.envs.close()
-
-
 def test_pong_action_sets_and_stacks_agree_between_the_paths_and_the_net():
     """The single-env path, ale-py's vector env and the Q-net sized from the config all use
     Pong's minimal action set of 6, in the same order; with no-op starts off, the two paths give
@@ -156,7 +136,7 @@ def test_scripted_pong_policy_through_the_agent_keeps_the_ball_in_play(device):
     steps = 400
     tracker = PongTracker(modes)
     agent = DQNModule(tracker, epsilon_start=0.0, epsilon_end=0.0).to(device)
-    envs = Recorder(make_vector_env(EnvSpec.from_config({"id": "ALE/Pong-v5"}), len(modes)))
+    envs = RecordingVectorEnv(make_vector_env(EnvSpec.from_config({"id": "ALE/Pong-v5"}), len(modes)))
     assert envs.envs.num_envs == 8 and hasattr(envs.envs, "send")   # ale-py's vector env
     buf = ReplayBuffer(8 * (steps + 2), num_envs=8, frame_shape=(84, 84), frame_dtype=torch.uint8,
                        stack=4, device=device)
@@ -191,7 +171,7 @@ def _replay_with_log(spec: EnvSpec, steps: int, seed: int, device: str):
     """A replay memory filled through the collector from 2 Pong games (the first 10 vector
     steps at random, then the paddle moved away from the ball, with epsilon 0.2: a game is
     over in ~770 steps), with the actions sent and everything each step returned."""
-    envs = Recorder(make_vector_env(spec, 2, "ale"))
+    envs = RecordingVectorEnv(make_vector_env(spec, 2, "ale"))
     buf = ReplayBuffer(2 * (steps + 2), num_envs=2, frame_shape=(84, 84), frame_dtype=torch.uint8,
                        stack=4, seed=seed, device=device)
     col = StepCollector(envs, buf, seed=seed, life_loss=True, stacked=True)
