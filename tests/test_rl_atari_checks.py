@@ -1,4 +1,5 @@
-"""Chapter 9: the Atari learning path checked on real Pong frames, without a GPU.
+"""Chapter 9: the Atari learning path checked on real Pong frames (on the CPU; on a GPU too, where
+one is present, for the CUDA data path).
 
 - Action semantics end to end: a scripted Q-network that reads the ball's and the agent's
   paddle's heights from the newest frame of the observation it is given, acting through
