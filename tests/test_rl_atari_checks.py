@@ -137,7 +137,8 @@ def test_scripted_pong_policy_through_the_agent_keeps_the_ball_in_play(device):
     steps = 400
     tracker = PongTracker(modes)
     agent = DQNModule(tracker, epsilon_start=0.0, epsilon_end=0.0).to(device)
-    envs = RecordingVectorEnv(make_vector_env(EnvSpec.from_config({"id": "ALE/Pong-v5"}), len(modes)))
+    spec = EnvSpec.from_config({"id": "ALE/Pong-v5", "num_threads": 4})   # several emulator threads
+    envs = RecordingVectorEnv(make_vector_env(spec, len(modes)))
     assert envs.envs.num_envs == 8 and hasattr(envs.envs, "send")   # ale-py's vector env
     buf = ReplayBuffer(8 * (steps + 2), num_envs=8, frame_shape=(84, 84), frame_dtype=torch.uint8,
                        stack=4, device=device)
@@ -152,6 +153,8 @@ def test_scripted_pong_policy_through_the_agent_keeps_the_ball_in_play(device):
     assert by_mode["track"] <= by_mode["random"] / 2, by_mode   # measured: 6 vs 18
     assert by_mode["away"] >= 0.8 * by_mode["random"], by_mode
     assert by_mode["oldest"] >= 0.8 * by_mode["random"], by_mode
+    # ale-py returns the games in their order (row i is game i, whatever thread stepped it)
+    assert all(np.array_equal(info["env_id"], np.arange(8)) for *_, info in envs.log)
     # what the net was given: the observations returned by the step before, uint8
     assert len(tracker.inputs) == len(envs.log) == steps
     for i in range(1, steps):
