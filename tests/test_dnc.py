@@ -175,6 +175,28 @@ def test_token_input_and_lstm_baseline():
         DNC(3, 3, controller="gru")
 
 
+def test_lstm_baseline_forget_bias():
+    """model.net.forget_bias sets every layer's forget-gate bias (bias_ih + bias_hh) and
+    nothing else; null keeps the init's."""
+    torch.manual_seed(0)
+    plain = SequenceLSTM(11, 11, tokens=True, hidden_size=8, num_layers=2, embedding_size=6)
+    torch.manual_seed(0)
+    biased = SequenceLSTM(11, 11, tokens=True, hidden_size=8, num_layers=2, embedding_size=6,
+                          forget_bias=1.0)
+    forget = slice(8, 16)
+    for layer in (0, 1):
+        total = getattr(biased.lstm, f"bias_ih_l{layer}") + getattr(biased.lstm, f"bias_hh_l{layer}")
+        assert torch.equal(total[forget], torch.ones(8))
+        before = getattr(plain.lstm, f"bias_ih_l{layer}") + getattr(plain.lstm, f"bias_hh_l{layer}")
+        assert before[forget].abs().max() < 0.8  # torch's init: U(-1/sqrt(8), 1/sqrt(8)) twice
+        keep = torch.ones(32, dtype=torch.bool)
+        keep[forget] = False
+        assert torch.equal(total[keep], before[keep])
+    for (name, p), q in zip(biased.named_parameters(), plain.parameters()):
+        if "bias" not in name:
+            assert torch.equal(p, q), name
+
+
 def test_long_run_stays_finite():
     """The public PyTorch DNC warns of NaNs: 250 steps with weights blown up 20x (saturated
     gates, huge key strengths) keep outputs and gradients finite."""

@@ -317,7 +317,7 @@ RULES: dict[str, dict[str, Rule]] = {
     },
     "fodl.nets.dnc.SequenceLSTM": {
         "hidden_size": POSITIVE_INT, "num_layers": POSITIVE_INT, "init": Choice(*_INITS),
-        "embedding_size": Number(integer=True, min=0),
+        "embedding_size": Number(integer=True, min=0), "forget_bias": Number(none=True),
     },
     "fodl.models.memory.MemoryModule": {
         "net": Object(), "width": Number(integer=True, min=1, none=True),

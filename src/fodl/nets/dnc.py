@@ -347,11 +347,13 @@ class SequenceLSTM(nn.Module):
     in one call). Same arguments as :class:`DNC` for the input and output; word ids enter as
     one-hot vectors, as in the paper, or with ``embedding_size > 0`` as learnt embeddings of
     that size (needed for sentence steps (B, T, L), which are position-encoded sums of them,
-    :func:`encode_sentences`)."""
+    :func:`encode_sentences`). ``forget_bias``: the forget gates' bias at the start (each
+    layer's ``bias_ih``; ``bias_hh`` of that gate zeroed), e.g. 1.0 as TF's BasicLSTMCell and
+    Jozefowicz et al. 2015; ``None`` keeps ``init``'s."""
 
     def __init__(self, input_size: int, output_size: int, tokens: bool = False,
                  hidden_size: int = 256, num_layers: int = 1, init: str = "torch",
-                 embedding_size: int = 0) -> None:
+                 embedding_size: int = 0, forget_bias: float | None = None) -> None:
         super().__init__()
         if min(input_size, output_size, hidden_size, num_layers) < 1 or embedding_size < 0:
             raise ValueError("SequenceLSTM sizes must be >= 1 (embedding_size >= 0)")
@@ -363,6 +365,11 @@ class SequenceLSTM(nn.Module):
         init_weights(self, init)
         if self.embedding is not None and init == "torch":
             nn.init.normal_(self.embedding.weight, 0.0, embedding_size ** -0.5)
+        if forget_bias is not None:
+            with torch.no_grad():
+                for name, p in self.lstm.named_parameters():
+                    if name.startswith(("bias_ih", "bias_hh")):
+                        p[hidden_size: 2 * hidden_size] = forget_bias if name.startswith("bias_ih") else 0.0
 
     def forward(self, x: torch.Tensor, trace: bool = False):
         if self.tokens and x.dim() == 3:
