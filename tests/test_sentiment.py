@@ -8,6 +8,7 @@ import random
 import runpy
 import sys
 import tarfile
+from functools import partial
 
 import pytest
 import torch
@@ -16,7 +17,7 @@ from conftest import FAST, ROOT, compose_train, run_script, shared_file
 from fodl.checkpoint import read_checkpoint
 from fodl.data.buckets import LengthBucketLoader
 from fodl.data.imdb import IMDBDataModule, iter_reviews
-from fodl.errors import FodlError
+from fodl.errors import FodlError, user_error
 from fodl.models.sentiment import load_text_classifier
 from fodl.nets.lstm import LSTMClassifierNet
 from fodl.train import train
@@ -529,3 +530,87 @@ def test_film_split_holds_out_whole_films(tmp_path):
         IMDBDataModule(tmp_path, source=str(top), val_size=20, val_split="films").setup()
     with pytest.raises(FodlError, match="data.val_split='film'"):
         IMDBDataModule(tmp_path, val_split="film")
+
+
+def test_ngram_dropout_takes_only_the_ngram_inputs_in_training():
+    torch.manual_seed(0)
+    tokens = torch.randint(2, 50, (8, 200))
+    net = LSTMClassifierNet(50, 6, 7, dropout=0.0, bigram_buckets=101, trigram_buckets=103,
+                            ngram_dropout=0.5)
+    words = net.embed(tokens)
+    net.eval()
+    full = net.inputs(tokens)  # word + bigram + trigram at every step
+    net.train()
+    x = net.inputs(tokens)
+    only_word = torch.isclose(x, words).all(-1)
+    full_step = torch.isclose(x, full).all(-1)
+    assert 0.4 < only_word.float().mean().item() < 0.6  # about half lose their n-gram inputs
+    assert (only_word ^ full_step).all()  # every step is one or the other: the word always stays
+    with pytest.raises(ValueError, match="ngram_dropout"):
+        LSTMClassifierNet(50, 6, 7, ngram_dropout=1.0)
+
+
+def test_ngram_max_norm_caps_the_rows_looked_up():
+    torch.manual_seed(0)
+    net = LSTMClassifierNet(50, 6, 7, bigram_buckets=101, ngram_max_norm=0.01)
+    with torch.no_grad():
+        net.bigram_embed.weight.mul_(100.0)  # rows of norm ~0.6
+    tokens = torch.randint(2, 50, (2, 30))
+    net.inputs(tokens)
+    norms = net.bigram_embed.weight.norm(dim=1)
+    assert (norms <= 0.01 + 1e-6).sum() > 0 and (norms > 0.1).sum() > 0  # looked-up rows only
+    assert net.embed.max_norm is None  # the word table is left alone
+
+
+def test_ngram_parameter_group_weight_decay_and_lr_scale(tmp_path):
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["experiment=fast/lstm_sentiment", "model.net.vocab_size=50",
+                         "model.net.bigram_buckets=101", "model.net.trigram_buckets=103",
+                         "model.ngram_weight_decay=0.01", "model.ngram_lr_scale=0.1"], tmp_path / "run")
+    model = instantiate(cfg.model)
+    groups = model.parameter_groups()
+    tables = {id(model.net.bigram_embed.weight), id(model.net.trigram_embed.weight)}
+    assert {id(p) for p in groups[1]["params"]} == tables
+    assert not tables & {id(p) for p in groups[0]["params"]}
+    assert len(groups[0]["params"]) + 2 == len(list(model.parameters()))
+    # the optimizer and the one-cycle schedule get the group's rate and decay
+    model.optimizer_factory = lambda params: torch.optim.Adam(params, lr=0.003)
+    model.scheduler_factory = None
+    opt = model.configure_optimizers()
+    assert [g["lr"] for g in opt.param_groups] == pytest.approx([0.003, 0.0003])
+    assert [g["weight_decay"] for g in opt.param_groups] == [0, 0.01]
+    model.scheduler_factory = partial(torch.optim.lr_scheduler.OneCycleLR, max_lr=0.003,
+                                                total_steps=10)
+    sched = model.configure_optimizers()["lr_scheduler"]["scheduler"]
+    assert sched.optimizer.param_groups[1]["max_lr"] == pytest.approx(0.0003)
+    assert sched.optimizer.param_groups[0]["max_lr"] == pytest.approx(0.003)
+    # off: one group, as every other family
+    plain = instantiate(compose_train(["experiment=fast/lstm_sentiment", "model.net.vocab_size=50"],
+                                      tmp_path / "plain").model)
+    assert len(plain.parameter_groups()) == 1
+    with pytest.raises(Exception) as err:  # Hydra wraps it; the entry points unwrap it
+        instantiate(compose_train(["experiment=fast/lstm_sentiment", "model.net.bigram_buckets=0",
+                                   "model.ngram_weight_decay=0.01"], tmp_path / "none").model)
+    assert "bigram_buckets" in str(user_error(err.value))
+
+
+def test_adversarial_loss_adds_the_perturbed_loss():
+    from fodl.models.sentiment import TextClassifierModule
+
+    torch.manual_seed(0)
+    net = LSTMClassifierNet(50, 6, 7, dropout=0.0, bidirectional=True, pooling="maxmean")
+    tokens = torch.randint(2, 50, (4, 12))
+    lengths = torch.tensor([12, 9, 5, 1])
+    tokens[1, 9:] = 0; tokens[2, 5:] = 0; tokens[3, 1:] = 0  # noqa: E702
+    y = torch.tensor([0, 1, 1, 0])
+    batch = (tokens, lengths, y)
+    clean = TextClassifierModule(net, None).training_loss(batch)
+    adv = TextClassifierModule(net, None, adversarial=0.5).training_loss(batch)
+    # the perturbation goes up the loss: its loss is above the clean one, and the two add
+    assert adv.item() > 2 * clean.item()
+    # a zero-sized perturbation gives twice the clean loss; gradients reach the embeddings
+    zero = TextClassifierModule(net, None, adversarial=1e-12).training_loss(batch)
+    assert zero.item() == pytest.approx(2 * clean.item(), rel=1e-5)
+    adv.backward()
+    assert net.embed.weight.grad is not None and net.embed.weight.grad.abs().sum() > 0

@@ -389,6 +389,11 @@ RULES: dict[str, dict[str, Rule]] = {
         "num_layers": POSITIVE_INT, "dropout": FRACTION, "num_classes": Number(integer=True, min=2),
         "output": Choice("linear", "book"), "pooling": Choice(*_POOLINGS),
         "word_dropout": FRACTION, "bigram_buckets": _NONNEG_INT, "trigram_buckets": _NONNEG_INT,
+        "ngram_dropout": FRACTION, "ngram_max_norm": Number(min=0.0, min_open=True, none=True),
+    },
+    "fodl.models.sentiment.TextClassifierModule": {
+        "ngram_weight_decay": Number(min=0.0), "ngram_lr_scale": Number(min=0.0, min_open=True),
+        "adversarial": Number(min=0.0),
     },
     "fodl.data.imdb.IMDBDataModule": {
         "data_dir": Text(none=True, nonempty=True), "cache_dir": Text(none=True),

@@ -364,16 +364,31 @@ class FodlModule(PlainHookAttributes, L.LightningModule):
         minibatches = lightning_steps * getattr(t.train_dataloader, "steps_per_execution", 1)
         return max(1, -(-minibatches // self.accumulate_grad_batches))
 
+    def parameter_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: one, every trainable parameter. A family that
+        treats some parameters differently returns more; a group's keys override the
+        optimizer's settings for it (``weight_decay``, ...), and ``lr_scale`` multiplies the
+        optimizer's learning rate for it (the scheduler's ``max_lr`` too)."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
     def configure_optimizers(self):
         if self.optimizer_factory is None:
             raise FodlError(f"{type(self).__name__} was built without an optimizer: give "
                             "model.optimizer (the model configs use optimizer=<name>).")
-        optimizer = self.optimizer_factory(params=[p for p in self.parameters() if p.requires_grad])
+        groups = self.parameter_groups()
+        scales = [float(g.get("lr_scale", 1.0)) for g in groups]
+        optimizer = self.optimizer_factory(params=groups if len(groups) > 1 else groups[0]["params"])
+        if any(s != 1.0 for s in scales):
+            for group, scale in zip(optimizer.param_groups, scales):
+                group["lr"] *= scale
         if not self.scheduler_factory:  # None, or an empty `scheduler: none` node
             return optimizer
         filled = {}
-        if getattr(self.scheduler_factory, "keywords", {}).get("total_steps", 0) is None:
+        keywords = getattr(self.scheduler_factory, "keywords", {})
+        if keywords.get("total_steps", 0) is None:
             filled["total_steps"] = self.scheduler_horizon()  # one-cycle, linear decay
+        if any(s != 1.0 for s in scales) and isinstance(keywords.get("max_lr"), (int, float)):
+            filled["max_lr"] = [keywords["max_lr"] * s for s in scales]  # one-cycle sets each group's
         scheduler = self.scheduler_factory(optimizer=optimizer, **filled)
         return {
             "optimizer": optimizer,

@@ -14,7 +14,10 @@ features), ``word_dropout`` (training only: each token's input vector is zeroed 
 probability, so the net cannot lean on a few words), ``bigram_buckets`` (bigram-aware inputs:
 the input at step t adds an embedding of the hashed word pair ``(w[t-1], w[t])``, ``w[-1]`` =
 padding; its own rows, so the LSTM sees each word with its left neighbour), ``trigram_buckets``
-(the same for the hashed triple ``(w[t-2], w[t-1], w[t])``, in a table of its own).
+(the same for the hashed triple ``(w[t-2], w[t-1], w[t])``, in a table of its own),
+``ngram_dropout`` (training only: each token's n-gram inputs, bigram and trigram together, are
+zeroed with that probability while its word input stays), ``ngram_max_norm`` (each n-gram
+table row looked up is renormalised to at most that L2 norm, ``nn.Embedding(max_norm=...)``).
 
 ``output=book`` is the book's code: ``sigmoid(batch_norm(W h + b))`` feeds the softmax;
 ``output=linear`` (default): plain logits.
@@ -49,6 +52,10 @@ class LSTMClassifierNet(nn.Module):
         word_dropout: probability of zeroing a token's input vector in training (0: off).
         bigram_buckets: rows of the hashed-bigram embedding (0: no bigram inputs).
         trigram_buckets: rows of the hashed-trigram embedding (0: no trigram inputs).
+        ngram_dropout: probability of zeroing a token's n-gram (bigram + trigram) inputs in
+            training, its word input kept (0: off).
+        ngram_max_norm: largest L2 norm of an n-gram table row (rows looked up are
+            renormalised in place; None: no limit).
     """
 
     POOLINGS = POOLINGS
@@ -57,7 +64,8 @@ class LSTMClassifierNet(nn.Module):
                  num_layers: int = 1, bidirectional: bool = False, dropout: float = 0.5,
                  num_classes: int = 2, output: str = "linear", pack: bool = False,
                  pad_id: int = 0, pooling: str = "max", word_dropout: float = 0.0,
-                 bigram_buckets: int = 0, trigram_buckets: int = 0) -> None:
+                 bigram_buckets: int = 0, trigram_buckets: int = 0, ngram_dropout: float = 0.0,
+                 ngram_max_norm: float | None = None) -> None:
         super().__init__()
         if output not in ("linear", "book"):
             raise ValueError(f"output must be linear or book, got {output!r}")
@@ -65,10 +73,17 @@ class LSTMClassifierNet(nn.Module):
             raise ValueError(f"pooling must be one of {', '.join(self.POOLINGS)}, got {pooling!r}")
         if not 0.0 <= word_dropout < 1.0:
             raise ValueError(f"word_dropout must be in [0, 1), got {word_dropout}")
+        if not 0.0 <= ngram_dropout < 1.0:
+            raise ValueError(f"ngram_dropout must be in [0, 1), got {ngram_dropout}")
+        if ngram_max_norm is not None and ngram_max_norm <= 0:
+            raise ValueError(f"ngram_max_norm must be > 0 or None, got {ngram_max_norm}")
         self.pooling, self.word_dropout, self.pad_id = pooling, float(word_dropout), pad_id
+        self.ngram_dropout = float(ngram_dropout)
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
-        self.bigram_embed = nn.Embedding(bigram_buckets, embedding_dim) if bigram_buckets else None
-        self.trigram_embed = nn.Embedding(trigram_buckets, embedding_dim) if trigram_buckets else None
+        self.bigram_embed = (nn.Embedding(bigram_buckets, embedding_dim, max_norm=ngram_max_norm)
+                             if bigram_buckets else None)
+        self.trigram_embed = (nn.Embedding(trigram_buckets, embedding_dim, max_norm=ngram_max_norm)
+                              if trigram_buckets else None)
         self.lstm = nn.LSTM(embedding_dim, hidden_size, num_layers, batch_first=True,
                             dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
         self.drop = nn.Dropout(dropout)
@@ -98,30 +113,44 @@ class LSTMClassifierNet(nn.Module):
                 elif name.startswith("bias_hh"):
                     p.zero_()
 
+    def ngram_tables(self) -> list[nn.Embedding]:
+        """The hashed n-gram tables (bigram, trigram) the net has."""
+        return [t for t in (self.bigram_embed, self.trigram_embed) if t is not None]
+
     def inputs(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, T, embedding_dim)``: word (+ hashed bigram, trigram) embeddings, word dropout
-        in training (a dropped step loses its word and n-gram inputs alike)."""
+        """``(B, T, embedding_dim)``: word (+ hashed bigram, trigram) embeddings, n-gram dropout
+        and word dropout in training (a step dropped by word dropout loses its word and n-gram
+        inputs alike; n-gram dropout takes only the n-gram inputs)."""
         emb = self.embed(tokens)
         if self.bigram_embed is not None or self.trigram_embed is not None:
             ids = tokens.long()
             prev = F.pad(ids[:, :-1], (1, 0), value=self.pad_id)
             pair = prev * 1_000_003 + ids  # distinct for ids < 1,000,003
+            grams = None
             if self.bigram_embed is not None:
-                emb = emb + self.bigram_embed(pair % self.bigram_embed.num_embeddings)
+                grams = self.bigram_embed(pair % self.bigram_embed.num_embeddings)
             if self.trigram_embed is not None:
                 prev2 = F.pad(ids, (2, 0), value=self.pad_id)[:, : ids.shape[1]]
                 triple = (prev2 * 1_000_003 + prev) * 1_000_003 + ids  # < 2^63 for ids < 10^6
-                emb = emb + self.trigram_embed(triple % self.trigram_embed.num_embeddings)
+                tri = self.trigram_embed(triple % self.trigram_embed.num_embeddings)
+                grams = tri if grams is None else grams + tri
+            if self.training and self.ngram_dropout > 0:
+                keep = torch.rand(tokens.shape, device=tokens.device) >= self.ngram_dropout
+                grams = grams * keep.unsqueeze(-1).to(grams.dtype)
+            emb = emb + grams
         if self.training and self.word_dropout > 0:
             keep = torch.rand(tokens.shape, device=tokens.device) >= self.word_dropout
             emb = emb * keep.unsqueeze(-1).to(emb.dtype)
         return emb
 
-    def features(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def features(self, tokens: torch.Tensor, lengths: torch.Tensor,
+                 delta: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, features)``: the pooling (max / mean / both) over the real time steps of the
-        LSTM's outputs."""
+        LSTM's outputs. ``delta`` ``(B, T, embedding_dim)``: added to the input embeddings
+        (an adversarial perturbation, :class:`~fodl.models.sentiment.TextClassifierModule`)."""
         width = tokens.shape[1]
-        emb = self.drop(self.inputs(tokens))
+        emb = self.inputs(tokens)
+        emb = self.drop(emb if delta is None else emb + delta)
         if self.pack and bool((lengths < width).any()):
             packed = pack_padded_sequence(emb, lengths.cpu().clamp_min(1), batch_first=True,
                                           enforce_sorted=False)
@@ -164,8 +193,9 @@ class LSTMClassifierNet(nn.Module):
             x = torch.cat([outs[0], back], -1)
         return x
 
-    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        logits = self.fc(self.features(tokens, lengths))
+    def forward(self, tokens: torch.Tensor, lengths: torch.Tensor,
+                delta: torch.Tensor | None = None) -> torch.Tensor:
+        logits = self.fc(self.features(tokens, lengths, delta))
         if self.bn is not None:
             logits = torch.sigmoid(self.bn(logits))
         return logits
