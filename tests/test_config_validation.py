@@ -73,6 +73,11 @@ MODEL = [
     (["model=mnist_cnn", "model.net.dropout=-0.1"], "model.net.dropout", "-0.1"),
     (["model=cifar_cnn", "model.net.batch_norm=maybe"], "model.net.batch_norm", "'maybe'"),
     (["model=logreg", "model.net.num_classes=0"], "model.net.num_classes", "0"),
+    (["model=lstm_sentiment", "model.net.ngram_dropout=1.0"], "model.net.ngram_dropout", "1.0"),
+    (["model=lstm_sentiment", "model.net.ngram_max_norm=0"], "model.net.ngram_max_norm", "0"),
+    (["model=lstm_sentiment", "model.ngram_lr_scale=0"], "model.ngram_lr_scale", "0"),
+    (["model=lstm_sentiment", "model.ngram_weight_decay=-1e-4"], "model.ngram_weight_decay", "-0.0001"),
+    (["model=lstm_sentiment", "model.adversarial=-1"], "model.adversarial", "-1"),
 ]
 
 
