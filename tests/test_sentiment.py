@@ -586,7 +586,8 @@ def test_ngram_parameter_group_weight_decay_and_lr_scale(tmp_path):
     assert sched.optimizer.param_groups[1]["max_lr"] == pytest.approx(0.0003)
     assert sched.optimizer.param_groups[0]["max_lr"] == pytest.approx(0.003)
     # off: one group, as every other family
-    plain = instantiate(compose_train(["experiment=fast/lstm_sentiment", "model.net.vocab_size=50"],
+    plain = instantiate(compose_train(["experiment=fast/lstm_sentiment", "model.net.vocab_size=50",
+                                       "model.ngram_weight_decay=0"],
                                       tmp_path / "plain").model)
     assert len(plain.parameter_groups()) == 1
     with pytest.raises(Exception) as err:  # Hydra wraps it; the entry points unwrap it
