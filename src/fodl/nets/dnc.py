@@ -39,7 +39,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fodl.errors import FodlError
-from fodl.nets.init import init_weights
+from fodl.nets.init import init_weights, set_forget_bias
 
 EPS = 1e-6
 CONTROLLERS = ("lstm", "feedforward")
@@ -366,10 +366,7 @@ class SequenceLSTM(nn.Module):
         if self.embedding is not None and init == "torch":
             nn.init.normal_(self.embedding.weight, 0.0, embedding_size ** -0.5)
         if forget_bias is not None:
-            with torch.no_grad():
-                for name, p in self.lstm.named_parameters():
-                    if name.startswith(("bias_ih", "bias_hh")):
-                        p[hidden_size: 2 * hidden_size] = forget_bias if name.startswith("bias_ih") else 0.0
+            set_forget_bias(self.lstm, forget_bias, other_gates=False)
 
     def forward(self, x: torch.Tensor, trace: bool = False):
         if self.tokens and x.dim() == 3:

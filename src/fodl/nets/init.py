@@ -56,3 +56,19 @@ def init_weights(net: nn.Module, scheme: str) -> nn.Module:
         if isinstance(m, WEIGHTED_LAYERS):
             init_layer(m, scheme)
     return net
+
+
+def set_forget_bias(lstm: nn.LSTM, value: float = 1.0, other_gates: bool = True) -> nn.LSTM:
+    """Start the LSTM's forget gates at bias ``value`` (TF's BasicLSTMCell: 1.0; Jozefowicz et
+    al. 2015: it helps LSTMs learn). PyTorch has two bias vectors per layer and direction:
+    ``bias_ih`` carries the value, ``bias_hh``'s forget slice is zeroed. ``other_gates``: also
+    zero the other gates' biases (TF's start); ``False`` keeps what they were initialised to."""
+    h = lstm.hidden_size
+    forget = slice(h, 2 * h)  # the gates are ordered input, forget, cell, output
+    with torch.no_grad():
+        for name, p in lstm.named_parameters():
+            if name.startswith(("bias_ih", "bias_hh")):
+                if other_gates:
+                    p.zero_()
+                p[forget] = value if name.startswith("bias_ih") else 0.0
+    return lstm

@@ -32,6 +32,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from fodl.nets.init import set_forget_bias
+
 POOLINGS = ("max", "mean", "maxmean")
 
 
@@ -105,13 +107,7 @@ class LSTMClassifierNet(nn.Module):
                     table.weight.normal_(0.0, math.sqrt(1.0 / self.embed.num_embeddings))
             nn.init.normal_(self.fc.weight, 0.0, math.sqrt(1.0 / self.fc.in_features))
             nn.init.zeros_(self.fc.bias)
-            h = self.lstm.hidden_size
-            for name, p in self.lstm.named_parameters():
-                if name.startswith("bias_ih"):
-                    p.zero_()
-                    p[h : 2 * h].fill_(1.0)  # forget gate
-                elif name.startswith("bias_hh"):
-                    p.zero_()
+        set_forget_bias(self.lstm, 1.0)
 
     def ngram_tables(self) -> list[nn.Embedding]:
         """The hashed n-gram tables (bigram, trigram) the net has."""

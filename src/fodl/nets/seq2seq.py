@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from fodl.nets.init import set_forget_bias
+
 ATTENTIONS = ("bahdanau", "dot", "general", "none")
 
 
@@ -164,14 +166,8 @@ class Seq2SeqNet(nn.Module):
             for e in (self.src_embed, self.tgt_embed):
                 e.weight.normal_(0.0, 1.0 / math.sqrt(e.embedding_dim))
                 e.weight[self.pad_id].zero_()
-            for lstm in (self.encoder, self.decoder):
-                h = lstm.hidden_size
-                for name, p in lstm.named_parameters():
-                    if name.startswith("bias_ih"):
-                        p.zero_()
-                        p[h : 2 * h].fill_(1.0)  # forget gate
-                    elif name.startswith("bias_hh"):
-                        p.zero_()
+        for lstm in (self.encoder, self.decoder):
+            set_forget_bias(lstm, 1.0)
 
     # -- encoder ---------------------------------------------------------------------------
     def encode(self, src: torch.Tensor, src_lengths: torch.Tensor
