@@ -3,6 +3,7 @@
 
     python scripts/bench_pos.py                                  # NLTK only
     python scripts/bench_pos.py --ckpt outputs/pos_tagger/runs/<time>/checkpoints/<best>.ckpt
+    python scripts/reproduce.py --only ch7_pos_nltk          # as a row of the generated results
 
 Trains NLTK's ``PerceptronTagger`` from scratch (nothing to download; ``pip install -e
 '.[bench]'``) on the training sentences the fodl tagger trained on (the CoNLL-2000 training
@@ -31,12 +32,19 @@ def main() -> int:
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--full-train", action="store_true", help="train NLTK on all training sentences")
     ap.add_argument("--iterations", type=int, default=5, help="perceptron passes (NLTK's default 5)")
+    ap.add_argument("--seed", type=int, default=0, help="the perceptron's sentence shuffling")
+    ap.add_argument("--metrics-json", help="also write NLTK's test/acc and test/acc_unknown here")
     args = ap.parse_args()
     dm = CoNLLDataModule(args.data_dir, layout=args.layout, val_size=0 if args.full_train else args.val_size,
                          split_seed=args.split_seed, download=False)
     sents = dm.sentences()
     rows = []
-    r = nltk_perceptron(sents["train"], sents["test"], args.iterations)
+    r = nltk_perceptron(sents["train"], sents["test"], args.iterations, seed=args.seed)
+    if args.metrics_json:
+        from fodl.train import write_metrics
+
+        write_metrics(args.metrics_json, {"test/acc": r["acc"], "test/acc_unknown": r["acc_unknown"],
+                                          "train_s": r["train_s"]})
     rows.append((f"NLTK averaged perceptron ({args.iterations} passes, {len(sents['train'])} "
                  f"training sentences, {r['train_s']:.0f} s to train)", r))
     if args.ckpt:

@@ -3,12 +3,13 @@
 
     python scripts/bench_sentiment.py                                   # the linear model only
     python scripts/bench_sentiment.py --ckpt outputs/lstm_sentiment/runs/<time>/checkpoints/<best>.ckpt
+    python scripts/reproduce.py --only ch7_sentiment_linear   # as a row of the generated results
 
 TF-IDF of word unigrams + bigrams (``min_df`` 2, the 300,000 most frequent n-grams, sublinear
 term frequency) and scikit-learn's ``LogisticRegression(C=4)``, trained on the reviews the fodl
 model trained on (fodl's IMDB reader and tokenizer, the 25,000 training reviews less the
-``--val-size`` held out with ``--split-seed``, as ``data.val_size`` / ``data.split_seed`` carve
-them; ``--full-train`` uses all 25,000) and scored on the same 25,000 test reviews. Reviews are
+``--val-size`` held out with ``--split-seed`` and ``--val-split``, as ``data.val_size`` /
+``data.split_seed`` / ``data.val_split`` carve them; ``--full-train`` uses all 25,000) and scored on the same 25,000 test reviews. Reviews are
 whole (no cut) and keep every word. With ``--ckpt``, the checkpoint's test accuracy is printed
 beside it (reviews tokenised with the checkpoint's settings, cut to its ``max_len``).
 Reads the data from --data-dir (default: $FODL_DATA_DIR, else ../shared/data, else ./data).
@@ -57,12 +58,20 @@ def main() -> int:
                     help="where fodl caches the tokenised reviews (default: $FODL_CACHE_DIR, else none)")
     ap.add_argument("--val-size", type=int, default=2500, help="as data.val_size of the fodl run")
     ap.add_argument("--split-seed", type=int, default=0, help="as data.split_seed of the fodl run")
+    ap.add_argument("--val-split", default="random", choices=["random", "films"],
+                    help="as data.val_split of the fodl run (the recipes hold out whole films)")
     ap.add_argument("--full-train", action="store_true", help="fit the linear model on all 25,000")
     ap.add_argument("--C", type=float, default=4.0, help="inverse L2 strength (default 4)")
     ap.add_argument("--no-linear", action="store_true", help="only score --ckpt (no linear model)")
     ap.add_argument("--min-df", type=int, default=2)
     ap.add_argument("--max-features", type=int, default=300_000)
+    ap.add_argument("--seed", type=int, default=0,
+                    help="accepted for the results pipeline; the linear model's fit is deterministic")
+    ap.add_argument("--metrics-json", help="also write the linear model's test/acc (and fit time) here")
     args = ap.parse_args()
+    if args.no_linear and args.metrics_json:
+        raise FodlError("scripts/bench_sentiment.py --metrics-json writes the linear model's result: "
+                        "drop --no-linear.")
     if args.no_linear and not args.ckpt:
         raise FodlError("scripts/bench_sentiment.py --no-linear leaves nothing to score: give --ckpt.")
     from fodl.data.imdb import IMDBDataModule
@@ -75,12 +84,18 @@ def main() -> int:
         settings = {k: model.text_settings[k] for k in settings if k in model.text_settings}
     dm = IMDBDataModule(args.data_dir, args.cache_dir, download=False,
                         val_size=0 if args.full_train else args.val_size, split_seed=args.split_seed,
+                        val_split=args.val_split,
                         **settings)
     reviews = dm.reviews()
     train, test = reviews["train"], reviews["test"]
     rows = []
     if not args.no_linear:
         r = linear_baseline(train, test, args.C, args.min_df, args.max_features)
+        if args.metrics_json:
+            from fodl.train import write_metrics
+
+            write_metrics(args.metrics_json, {"test/acc": r["acc"], "fit_s": r["fit_s"],
+                                              "features": float(r["features"])})
         rows.append((f"TF-IDF 1-2 grams ({r['features']:,} features, min_df {args.min_df}, sublinear tf) + "
                      f"LogisticRegression(C={args.C:g}), {len(train[0]):,} training reviews",
                      r["acc"], f"{r['fit_s']:.1f} s fit, {r['wall_s']:.1f} s with the test"))

@@ -33,7 +33,7 @@ from fodl.analysis.word2vec_bench import (  # noqa: E402
     write_token_file,
 )
 from fodl.config import default_data_dir  # noqa: E402
-from fodl.errors import reports_errors  # noqa: E402
+from fodl.errors import FodlError, reports_errors  # noqa: E402
 
 
 @reports_errors
@@ -52,8 +52,13 @@ def main() -> int:
     ap.add_argument("--skip-fodl", action="store_true")
     for name, default in vars(Settings()).items():
         ap.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    ap.add_argument("--metrics-json", help="also write gensim's analogy accuracy "
+                    "(test/analogy_acc, as fodl's skipgram reports it) here; needs --skip-fodl")
     ap.add_argument("overrides", nargs="*", help="extra Hydra overrides for the fodl run")
     args = ap.parse_args()
+    if args.metrics_json and (args.skip_gensim or not args.skip_fodl):
+        raise FodlError("scripts/bench_word2vec.py --metrics-json records gensim's run (the "
+                        "results pipeline's peer row): give --skip-fodl and not --skip-gensim.")
     s = Settings(**{k: getattr(args, k) for k in vars(Settings())})
     data = Path(args.data_dir)
     imdb = args.corpus is None
@@ -70,6 +75,12 @@ def main() -> int:
     if not args.skip_gensim:
         results.append(run_gensim(token_file, s, questions, args.restrict, args.gensim_input))
         print(f"{results[-1].name}: {results[-1].train_s:.1f} s", flush=True)
+        if args.metrics_json:
+            from fodl.train import write_metrics
+
+            r = results[-1]
+            write_metrics(args.metrics_json, {"test/analogy_acc": r.analogy["total"],
+                                              "train_s": r.train_s, "words_per_s": r.words_per_s})
     if not args.skip_fodl:
         results.append(run_fodl(token_file, s, questions, args.restrict, args.overrides))
         print(f"{results[-1].name}: {results[-1].train_s:.1f} s", flush=True)

@@ -31,7 +31,7 @@ def test_every_entry_composes_and_every_model_has_a_row():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for e in reg.entries:
-            if not e.automated:
+            if not e.automated or e.script:  # a peer's script: its path is checked by registry.load
                 continue
             try:
                 cfg = compose("train", overrides=[*e.overrides, "seed=0"], return_hydra_config=True)
@@ -395,3 +395,70 @@ def test_an_entry_can_report_another_entrys_runs(tmp_path):
         registry.load(_write_registry(tmp_path / "r2.yaml", bad))
     with pytest.raises(FodlError, match=r"entry a4.*same_as: zz"):
         registry.load(_write_registry(tmp_path / "r3.yaml", ENTRIES + alias.replace("same_as: a", "same_as: zz")))
+
+
+PEER = """\
+- id: p
+  chapter: 3
+  section: "3, the peer"
+  page: ch03_x
+  model: logreg
+  what: "peer: a linear model, measured by a script"
+  script: scripts/bench_pos.py
+  args: [--iterations, "2"]
+  seeds: [0, 1]
+  metrics: [{key: test/acc, label: test accuracy, scale: 100, digits: 2, unit: "%"}]
+  cost: {device: cpu, minutes: 1}
+"""
+
+FAKE_PEER = """\
+import argparse, json, os
+ap = argparse.ArgumentParser()
+ap.add_argument("--iterations"); ap.add_argument("--seed", type=int); ap.add_argument("--metrics-json")
+a = ap.parse_args()
+with open(os.path.join(os.environ["CALLS"], "peer.txt"), "a") as f:
+    f.write(f"{a.iterations} {a.seed}\\n")
+json.dump({"test/acc": 0.8 + a.seed / 100}, open(a.metrics_json, "w"))
+"""
+
+
+def test_a_peer_measured_by_a_script_is_a_row_and_an_anchor(tmp_path, monkeypatch):
+    """A script entry runs `python <script> <args> --seed k --metrics-json <run dir>/metrics.json`;
+    an anchor naming it shows its result (or how to make it); smoke runs leave it out."""
+    entries = ENTRIES.replace('anchors: [{name: ref, value: "90%", source: paper}]',
+                              'anchors: [{name: ref, value: "90%", source: paper}, {name: the peer, entry: p}]')
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", entries + PEER))
+    p = reg.get("p")
+    assert p.script and p.overrides == ("scripts/bench_pos.py", "--iterations", "2")
+    assert p.command(1) == "python scripts/bench_pos.py --iterations 2 --seed 1"
+    assert p.command() == "python scripts/bench_pos.py --iterations 2 --seed S (S in 0,1)"
+    root = tmp_path / "runs"
+    rows = report.collect(reg, root)
+    assert "the peer: not run: `python scripts/reproduce.py --only p`" in report.page_table(rows[:1], rows)
+
+    fake = tmp_path / "repo" / "scripts" / "bench_pos.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(FAKE_PEER)
+    monkeypatch.setattr(runner, "REPO", tmp_path / "repo")
+    monkeypatch.setenv("CALLS", str(tmp_path))
+    assert runner.plan([p], root, smoke=True) == ([], 0)                # not a training run
+    jobs, done = runner.plan([p], root)
+    assert runner.command(jobs[0])[1:] == [str(fake), "--iterations", "2", "--seed", "0",
+                                           "--metrics-json", str(root / "p" / "seed0" / "metrics.json")]
+    led = tmp_path / "led"
+    assert all(o.ok for o in runner.run_all(jobs, done, say=lambda _: None, ledger_dir=led))
+    assert (tmp_path / "peer.txt").read_text().split("\n")[:2] == ["2 0", "2 1"]
+    assert ledger.read(led, p, 1).metrics == {"test/acc": 0.81}
+    rows = report.collect(reg, tmp_path / "gone", led)                  # from the ledger alone
+    table = report.page_table([r for r in rows if r.entry.id == "a"], rows)
+    assert "ref: 90%; the peer: 80.50% ± 0.71% (n=2)" in table
+    assert runner.plan([p], root, ledger_dir=led) == ([], 2)            # recorded: not run again
+
+    bad = [(entries.replace("entry: p}", "entry: zz}") + PEER, r"entry a.*anchor 'the peer'.*zz"),
+           (entries.replace("entry: p}", "entry: p, metric: val/acc}") + PEER, r"no metric 'val/acc'"),
+           (entries + PEER.replace("bench_pos.py", "nope.py"), r"entry p.*scripts/nope.py is not"),
+           (entries + PEER.replace('"2"]', '"2", --seed, "3"]'), r"entry p.*--seed"),
+           (entries + PEER.replace("  args:", "  overrides: [model=logreg]\n  args:"), r"entry p.*not overrides")]
+    for i, (text, match) in enumerate(bad):
+        with pytest.raises(FodlError, match=match):
+            registry.load(_write_registry(tmp_path / f"bad{i}.yaml", text))

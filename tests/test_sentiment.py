@@ -4,6 +4,7 @@ training through train(), the vocabulary in the checkpoint, scripts/classify.py,
 path, and the real archive."""
 
 import io
+import json
 import random
 import runpy
 import sys
@@ -451,16 +452,18 @@ def test_trigram_inputs_see_the_two_previous_words():
     assert both(torch.tensor([[4]]), torch.tensor([1])).shape == (1, 2)
 
 
-def test_bench_sentiment_on_a_tiny_tree(trained, monkeypatch, capsys):
+def test_bench_sentiment_on_a_tiny_tree(trained, monkeypatch, capsys, tmp_path):
     metrics, ckpt, data = trained
     bench = runpy.run_path(str(ROOT / "scripts" / "bench_sentiment.py"))
+    out = tmp_path / "peer" / "metrics.json"   # what the results pipeline reads (its ch7_sentiment_linear row)
     monkeypatch.setattr(sys, "argv", ["bench_sentiment.py", "--data-dir", str(data), "--val-size", "40",
-                                      "--ckpt", str(ckpt)])
+                                      "--ckpt", str(ckpt), "--seed", "0", "--metrics-json", str(out)])
     assert bench["main"]() == 0
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
     assert len(rows) == 2 and "LogisticRegression(C=4)" in rows[0][0] and "200 training reviews" in rows[0][0]
     linear, lstm = (float(r[1].rstrip("%")) for r in rows)
     assert linear > 90.0  # the tiny reviews are separable by their words
+    assert 100 * json.loads(out.read_text())["test/acc"] == pytest.approx(linear, abs=0.005)
     assert lstm == pytest.approx(100 * metrics["test/acc"], abs=0.01)  # the same test set, same model
     monkeypatch.setattr(sys, "argv", ["bench_sentiment.py", "--data-dir", str(data / "nothing")])
     assert bench["main"]() == 2 and "No IMDB data" in capsys.readouterr().err

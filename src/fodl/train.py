@@ -244,20 +244,21 @@ def train(cfg: DictConfig) -> dict[str, float]:
 
     if trainer.is_global_zero:
         finish_run(trainer)  # HPARAMS trial ends; every logger flushed and closed (fodl.hparams)
-        _write_metrics(Path(cfg.paths.output_dir), metrics)
+        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)
         log.info("metrics: %s", json.dumps(metrics, sort_keys=True))
     return metrics
 
 
-def _write_metrics(out: Path, metrics: dict[str, float]) -> None:
-    """``out/metrics.json``, written atomically; a full disk or read-only directory is a
-    FodlError naming the file (the metrics are in the log line above it too)."""
+def write_metrics(target: Path, metrics: dict[str, float]) -> None:
+    """A run's ``metrics.json`` (a training run's, or a benchmark script's ``--metrics-json``),
+    written atomically; a full disk or read-only directory is a FodlError naming the file (the
+    metrics are logged too)."""
     from fodl.checkpoint_io import unwritable
 
-    target = out / "metrics.json"
-    tmp = out / ".metrics.json.tmp"
+    target = Path(target)
+    tmp = target.with_name(f".{target.name}.tmp")
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        target.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(metrics, indent=2, sort_keys=True))
         tmp.replace(target)
     except OSError as e:
@@ -291,7 +292,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     result = run(module, datamodule=datamodule, verbose=True)
     metrics = _floats(result[0] if result else {})
     if trainer.is_global_zero:
-        _write_metrics(Path(cfg.paths.output_dir), metrics)
+        write_metrics(Path(cfg.paths.output_dir) / "metrics.json", metrics)
     return metrics
 
 

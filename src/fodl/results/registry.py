@@ -12,10 +12,12 @@ import yaml
 
 from fodl.errors import FodlError
 
-REGISTRY = Path(__file__).resolve().parents[3] / "conf" / "reproduce.yaml"
+_ROOT = Path(__file__).resolve().parents[3]
+REGISTRY = _ROOT / "conf" / "reproduce.yaml"
 DEVICES = ("cpu", "gpu")
 _FIELDS = {"id", "chapter", "section", "page", "model", "headline", "what", "overrides", "metrics",
-           "book", "anchors", "seeds", "cost", "runs_as", "same_as"}
+           "book", "anchors", "seeds", "cost", "runs_as", "same_as", "script", "args"}
+_ANCHOR_FIELDS = {"name", "value", "source", "entry", "metric"}
 _METRIC_FIELDS = {"key", "label", "scale", "digits", "unit"}
 
 
@@ -39,7 +41,7 @@ class Entry:
     page: str
     model: str
     what: str
-    overrides: tuple[str, ...]
+    overrides: tuple[str, ...]  # a script entry: the script and its arguments
     metrics: tuple[Metric, ...]
     seeds: tuple[int, ...]
     device: str
@@ -49,6 +51,7 @@ class Entry:
     headline: bool = False
     runs_as: str | None = None  # an analysis command the pipeline does not run (yet)
     same_as: str | None = None  # another entry whose runs this row reports (the same config)
+    script: bool = False        # a peer measured by a script of this repository (not train.py)
 
     @property
     def automated(self) -> bool:
@@ -60,9 +63,15 @@ class Entry:
         return self.same_as or self.id
 
     def command(self, seed: int | None = None) -> str:
-        """The ``scripts/train.py`` command of one seed (all seeds: ``seed=0,1,2`` with -m)."""
+        """The ``scripts/train.py`` command of one seed (all seeds: ``seed=0,1,2`` with -m); a
+        script entry's command with ``--seed``."""
         if not self.automated:
             return str(self.runs_as)
+        if self.script:
+            seeds = ",".join(map(str, self.seeds)) if seed is None else str(seed)
+            one = seed is not None or len(self.seeds) == 1
+            return (f"python {' '.join(self.overrides)} --seed "
+                    + (seeds if one else f"S (S in {seeds})"))
         if seed is None:
             seeds = ",".join(map(str, self.seeds))
             return "python scripts/train.py -m " + " ".join([*self.overrides, f"seed={seeds}"])
@@ -119,6 +128,10 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
                      "cpu", None, raw.get("book"), tuple(raw.get("anchors") or ()),
                      bool(raw.get("headline", False)), None, str(same_as))
     cost = raw["cost"] or {}
+    if "script" in raw:
+        return _script_entry(path, raw, eid, cost, default_seeds)
+    if "args" in raw:
+        raise _bad(path, f"entry {eid}", "args go with script (a peer run by a script)")
     device = cost.get("device")
     if device not in DEVICES:
         raise _bad(path, f"entry {eid}", f"cost.device={device!r}; allowed: cpu or gpu")
@@ -143,6 +156,54 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
                  float(minutes) if minutes is not None else None, raw.get("book"),
                  tuple(raw.get("anchors") or ()), bool(raw.get("headline", False)),
                  str(runs_as) if runs_as else None)
+
+
+def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: list[int]) -> Entry:
+    """A peer measured by a script of this repository (``script: scripts/bench_pos.py``, ``args``):
+    the pipeline runs ``python <script> <args> --seed <k> --metrics-json <run dir>/metrics.json``."""
+    script = str(raw["script"])
+    if not (_ROOT / script).is_file() or not script.endswith(".py"):
+        raise _bad(path, f"entry {eid}", f"script: {script} is not a Python script of this "
+                   "repository (give its path from the repository root, e.g. scripts/bench_pos.py)")
+    clash = sorted({"overrides", "runs_as", "same_as"} & set(raw))
+    if clash:
+        raise _bad(path, f"entry {eid}", f"a script entry has args, not {', '.join(clash)}")
+    if cost.get("device") != "cpu" or not isinstance(cost.get("minutes"), (int, float)):
+        raise _bad(path, f"entry {eid}", "a script entry needs cost: {device: cpu, minutes: N}")
+    args = tuple(str(a) for a in raw.get("args") or ())
+    if any(a.split("=", 1)[0] in ("--seed", "--metrics-json") for a in args):
+        raise _bad(path, f"entry {eid}", "--seed and --metrics-json are set by scripts/reproduce.py")
+    metrics = tuple(_metric(path, eid, m) for m in raw.get("metrics") or ())
+    if not metrics:
+        raise _bad(path, f"entry {eid}", "an entry needs metrics")
+    return Entry(eid, int(raw["chapter"]), str(raw["section"]), str(raw["page"]), str(raw["model"]),
+                 str(raw["what"]), (script, *args), metrics,
+                 tuple(int(s) for s in (raw.get("seeds") or default_seeds)), "cpu",
+                 float(cost["minutes"]), raw.get("book"), tuple(raw.get("anchors") or ()),
+                 bool(raw.get("headline", False)), None, None, True)
+
+
+def _check_anchors(reg: Registry) -> None:
+    """Anchors are ``{name, value, source}`` (a number from elsewhere) or ``{name, entry,
+    metric}`` (a peer the pipeline measures: that entry's result is shown)."""
+    by_id = {e.id: e for e in reg.entries}
+    for e in reg.entries:
+        for a in e.anchors:
+            if not isinstance(a, dict) or "name" not in a:
+                raise _bad(reg.path, f"entry {e.id}", f"anchor {a!r} needs a name")
+            unknown = set(a) - _ANCHOR_FIELDS
+            if unknown:
+                raise _bad(reg.path, f"entry {e.id}", f"unknown anchor field(s) {', '.join(sorted(unknown))}")
+            if "entry" not in a:
+                continue
+            peer = by_id.get(str(a["entry"]))
+            if peer is None or peer is e:
+                raise _bad(reg.path, f"entry {e.id}", f"anchor {a['name']!r}: entry {a['entry']!r} "
+                           "must be another entry's id")
+            if "metric" in a and a["metric"] not in {m.key for m in peer.metrics}:
+                raise _bad(reg.path, f"entry {e.id}", f"anchor {a['name']!r}: {a['entry']} reports no "
+                           f"metric {a['metric']!r} (its metrics: "
+                           f"{', '.join(m.key for m in peer.metrics)})")
 
 
 def load(path: str | Path = REGISTRY) -> Registry:
@@ -172,7 +233,8 @@ def load(path: str | Path = REGISTRY) -> Registry:
             raise _bad(path, f"entry {e.id}", f"same_as: {e.same_as} must name a training entry "
                        "of its own runs")
         reg.entries[i] = replace(e, overrides=target.overrides, seeds=target.seeds,
-                                 device=target.device, minutes=target.minutes)
+                                 device=target.device, minutes=target.minutes, script=target.script)
+    _check_anchors(reg)
     return reg
 
 

@@ -101,8 +101,21 @@ def collect(reg: Registry, root: str | Path, ledger_dir: str | Path | None = Non
     return [Row(e, [run(e, s) for s in e.seeds] if e.automated else []) for e in reg.entries]
 
 
-def _anchors(e: Entry) -> str:
-    return "; ".join(f"{a.get('name')}: {a.get('value')}" for a in e.anchors) or "—"
+def _anchors(e: Entry, rows: list[Row]) -> str:
+    """The anchors' cells: a number from elsewhere as given, a peer the pipeline measures
+    (``entry``) as that entry's result now (mean ± std, n), or how to make it."""
+    out = []
+    for a in e.anchors:
+        if "entry" in a:
+            row = next(r for r in rows if r.entry.id == a["entry"])
+            key = a.get("metric") or row.entry.metrics[0].key
+            metric = next(m for m in row.entry.metrics if m.key == key)
+            shown = (row.show(metric) if row.stat(metric) is not None
+                     else f"not run: `python scripts/reproduce.py --only {row.entry.id}`")
+            out.append(f"{a.get('name')}: {shown}")
+        else:
+            out.append(f"{a.get('name')}: {a.get('value')}")
+    return "; ".join(out) or "—"
 
 
 def _cmd(e: Entry) -> str:
@@ -152,7 +165,7 @@ def results_markdown(reg: Registry, rows: list[Row], now: str | None = None) -> 
                 first = i == 0  # a further metric of the same runs: only its own cells
                 lines.append("| " + " | ".join(_esc(x) for x in [
                     e.model, e.id, e.what if first else "", m.label if m else "—", value,
-                    row.per_seed(m) if m else "—", (e.book or "—") if first else "", _anchors(e) if first else "",
+                    row.per_seed(m) if m else "—", (e.book or "—") if first else "", _anchors(e, rows) if first else "",
                     row.hardware if first else "", row.wall if first else "",
                     row.commit if first else ""]) + (f" | {_cmd(e)} |" if first else " | |"))
         failed = [(row, r) for row in rows if row.entry.chapter == ch for r in row.failed]
@@ -177,11 +190,14 @@ def headline_table(rows: list[Row], link_prefix: str = "docs/") -> str:
                      f"`python scripts/reproduce.py --only {e.id}`")
         out.append("| " + " | ".join(_esc(x) for x in [
             f"[`{e.model}`]({link_prefix}{e.page}.md)", e.section, e.what, shown, e.book or "—",
-            _anchors(e)]) + " |")
+            _anchors(e, rows)]) + " |")
     return "\n".join(out)
 
 
-def page_table(rows: Iterable[Row]) -> str:
+def page_table(rows: Iterable[Row], every: list[Row] | None = None) -> str:
+    """The table of ``rows`` (``every``: all rows, for the anchors that name a peer entry)."""
+    rows = list(rows)
+    every = rows if every is None else every
     out = ["| setup | metric | fodl (mean ± std, n seeds) | book | anchor | command |",
            "|---|---|---|---|---|---|"]
     for row in rows:
@@ -190,7 +206,7 @@ def page_table(rows: Iterable[Row]) -> str:
             first = i == 0
             out.append("| " + " | ".join(_esc(x) for x in [
                 e.what if first else "", m.label if m else "—", value, (e.book or "—") if first else "",
-                _anchors(e) if first else ""]) + (f" | {_cmd(e)} |" if first else " | |"))
+                _anchors(e, every) if first else ""]) + (f" | {_cmd(e)} |" if first else " | |"))
     out.append("")
     out.append("Hardware, wall time per run and commit of each row: [results.md](results.md).")
     return "\n".join(out)
@@ -203,7 +219,7 @@ def fill(text: str, rows: list[Row], link_prefix: str) -> str:
         if name == "headline":
             body = headline_table(rows, link_prefix)
         else:
-            body = page_table(r for r in rows if r.entry.page == name)
+            body = page_table([r for r in rows if r.entry.page == name], rows)
         return f"{m.group(1)}{body}\n{m.group(4)}"
     return _BLOCK.sub(sub, text)
 

@@ -13,7 +13,8 @@ directory, resumable across restarts (``scripts/reproduce.py``).
   directories are moved aside to ``seed<k>.rerun-<n>``, and each new run replaces its record.
 
 ``smoke=True`` runs every selected entry's first seed for a few batches of one epoch under
-``outputs/reproduce-smoke/`` (a check that each entry still runs end to end, not a result).
+``outputs/reproduce-smoke/`` (a check that each entry still runs end to end, not a result);
+script entries (peers measured by a benchmark script) are left out of it.
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False,
     ``ledger_dir``, in the run ledger)."""
     jobs, done = [], 0
     for e in entries:
+        if smoke and e.script:
+            continue  # a peer's script is not a training run: nothing to smoke-test here
         for seed in (e.seeds[:1] if smoke else e.seeds):
             if smoke:
                 jobs.append(Job(e, seed, run_dir(root, e, seed), False))
@@ -97,6 +100,10 @@ def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False,
 
 
 def command(job: Job, smoke: bool = False) -> list[str]:
+    if job.entry.script:  # a peer: the script writes the metrics.json the pipeline reads
+        script, *rest = job.entry.overrides
+        return [sys.executable, str(REPO / script), *rest, "--seed", str(job.seed),
+                "--metrics-json", str(job.path / "metrics.json")]
     args = [*job.entry.overrides, f"seed={job.seed}", f"hydra.run.dir={job.path}"]
     if job.resume:
         args.append("ckpt_path=auto")
