@@ -79,7 +79,15 @@ def main(argv=None) -> int:
     def write_report() -> None:
         if args.smoke:
             return
-        for p in report.write(reg, out, args.docs, args.readme if args.readme not in ('', 'none') else None, ledger_dir):
+        # the registry as it is now: a run of hours must not write the tables of the registry it
+        # started with over those of entries added or changed meanwhile
+        try:
+            now = registry.load(args.registry)
+        except FodlError as e:
+            print(f"The report was not written: {e} Fix it, then: python scripts/reproduce.py --report",
+                  file=sys.stderr)
+            return
+        for p in report.write(now, out, args.docs, args.readme if args.readme not in ('', 'none') else None, ledger_dir):
             print(f"wrote {p}")
 
     if args.import_dirs:

@@ -462,3 +462,41 @@ def test_a_peer_measured_by_a_script_is_a_row_and_an_anchor(tmp_path, monkeypatc
     for i, (text, match) in enumerate(bad):
         with pytest.raises(FodlError, match=match):
             registry.load(_write_registry(tmp_path / f"bad{i}.yaml", text))
+
+
+def test_the_report_after_a_long_run_uses_the_registry_as_it_is_then(tmp_path, monkeypatch, capsys):
+    """A run of hours writes docs/results.md from the registry on disk when it ends, not from
+    the one it loaded at its start (entries added meanwhile keep their rows); a registry broken
+    at that moment leaves the report unwritten, with how to write it, and the runs recorded."""
+    import runpy
+
+    reg_file = _write_registry(tmp_path / "r.yaml", ENTRIES)
+    main = runpy.run_path(str(ROOT / "scripts" / "reproduce.py"))["main"]
+    real_run_all = runner.run_all
+
+    def run_all_while_the_registry_changes(jobs, done, **kw):
+        _write_registry(reg_file, ENTRIES + PEER.replace("- id: p", "- id: added_meanwhile"))
+        return real_run_all(jobs, done, **kw)
+
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(runner, "TRAIN", fake)
+    monkeypatch.setattr(runner, "run_all", run_all_while_the_registry_changes)
+    monkeypatch.setenv("CALLS", str(tmp_path))
+    args = ["--registry", str(reg_file), "--ledger", str(tmp_path / "led"), "--out", str(tmp_path / "runs"),
+            "--docs", str(tmp_path / "docs"), "--readme", "", "--only", "a"]
+    assert main(args) == 0
+    text = (tmp_path / "docs" / "results.md").read_text()
+    assert "| added_meanwhile |" in text
+    assert "| 51.00% ± 1.00% (n=3) |" in text                        # a's three seeds (fake: 0.50-0.52)
+
+    def run_all_while_the_registry_breaks(jobs, done, **kw):
+        reg_file.write_text("entries: [oops")
+        return real_run_all(jobs, done, **kw)
+
+    monkeypatch.setattr(runner, "run_all", run_all_while_the_registry_breaks)
+    _write_registry(reg_file, ENTRIES)
+    assert main([*args, "--rerun"]) == 0
+    err = capsys.readouterr().err
+    assert "The report was not written" in err and "--report" in err and "Traceback" not in err
+    assert ledger.read(tmp_path / "led", registry.load(_write_registry(reg_file, ENTRIES)).get("a"), 0).state == "finished"
