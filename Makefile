@@ -27,7 +27,11 @@ lint: install
 benchmark: install      ## fodl vs a plain PyTorch loop, same process, same data
 	$(PY) scripts/benchmark.py $(ARGS)
 
-reproduce: install      ## results: run what is missing of every CPU registry entry of <= 10 min a seed, write docs/results.md (ARGS="--chapter 6", "--only <id>", "--gpu", "--report")
+$(VENV)/.bench: $(VENV)/.installed
+	$(PY) -m pip install -e ".[bench]"
+	touch $@
+
+reproduce: $(VENV)/.bench   ## results: run what is missing of every CPU registry entry of <= 10 min a seed, peers (the bench extra) included; write docs/results.md (ARGS="--chapter 6", "--only <id>", "--gpu", "--report")
 	$(PY) scripts/reproduce.py --cpu-minutes 10 $(ARGS)
 
 tensorboard: install
