@@ -634,25 +634,3 @@ def test_adversarial_loss_adds_the_perturbed_loss():
     assert zero.item() == pytest.approx(2 * clean.item(), rel=1e-5)
     adv.backward()
     assert net.embed.weight.grad is not None and net.embed.weight.grad.abs().sum() > 0
-
-
-def test_wide_path_adds_a_linear_model_of_words_and_bigrams():
-    """model.net.wide_buckets: logits + the mean of one weight row per word and per hashed bigram
-    of the review (padding left out); zero at the start (the LSTM alone); a table of the n-gram
-    group, so model.ngram_weight_decay reaches it; refused with the book's output."""
-    torch.manual_seed(0)
-    tokens = torch.tensor([[3, 4, 5, 0, 0], [7, 8, 9, 10, 11]])
-    lengths = torch.tensor([3, 5])
-    plain = LSTMClassifierNet(50, 6, 7, bigram_buckets=64).eval()
-    wide = LSTMClassifierNet(50, 6, 7, bigram_buckets=64, wide_buckets=32).eval()
-    wide.load_state_dict({k: v for k, v in plain.state_dict().items()}, strict=False)
-    assert torch.equal(wide(tokens, lengths), plain(tokens, lengths))   # the wide rows start at 0
-    assert wide.wide in wide.ngram_tables()
-    with torch.no_grad():
-        wide.wide.weight.normal_()
-        wide.wide.weight[0].zero_()                                      # the padding row
-    rows = [3, 4, 5] + [50 + (p * 1_000_003 + w) % 32 for p, w in ((0, 3), (3, 4), (4, 5))]
-    expected = plain(tokens, lengths)[0] + wide.wide.weight[rows].mean(0)
-    assert torch.allclose(wide(tokens, lengths)[0], expected, atol=1e-6)
-    with pytest.raises(ValueError, match="output=linear"):
-        LSTMClassifierNet(50, 6, 7, wide_buckets=32, output="book")

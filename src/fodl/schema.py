@@ -390,7 +390,6 @@ RULES: dict[str, dict[str, Rule]] = {
         "output": Choice("linear", "book"), "pooling": Choice(*_POOLINGS),
         "word_dropout": FRACTION, "bigram_buckets": _NONNEG_INT, "trigram_buckets": _NONNEG_INT,
         "ngram_dropout": FRACTION, "ngram_max_norm": Number(min=0.0, min_open=True, none=True),
-        "wide_buckets": _NONNEG_INT,
     },
     "fodl.models.sentiment.TextClassifierModule": {
         "ngram_weight_decay": Number(min=0.0), "ngram_lr_scale": Number(min=0.0, min_open=True),

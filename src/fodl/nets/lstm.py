@@ -61,10 +61,6 @@ class LSTMClassifierNet(nn.Module):
         input_pooling: also feed the output layer the mean over the real steps of the LSTM's
             inputs (word + n-gram embeddings, after dropout): a bag-of-n-grams path beside the
             LSTM's pooled outputs (fastText's representation; ``embedding_dim`` more features).
-        wide_buckets: > 0 adds a linear model's logits to the LSTM's: the mean of one weight row
-            per word and per hashed bigram of the review (its own table, vocab_size +
-            wide_buckets rows, initialised at 0; one of ``ngram_tables()``, so
-            ``model.ngram_weight_decay`` regularises it). Needs ``output=linear``.
     """
 
     POOLINGS = POOLINGS
@@ -74,8 +70,7 @@ class LSTMClassifierNet(nn.Module):
                  num_classes: int = 2, output: str = "linear", pack: bool = False,
                  pad_id: int = 0, pooling: str = "max", word_dropout: float = 0.0,
                  bigram_buckets: int = 0, trigram_buckets: int = 0, ngram_dropout: float = 0.0,
-                 ngram_max_norm: float | None = None, input_pooling: bool = False,
-                 wide_buckets: int = 0) -> None:
+                 ngram_max_norm: float | None = None, input_pooling: bool = False) -> None:
         super().__init__()
         if output not in ("linear", "book"):
             raise ValueError(f"output must be linear or book, got {output!r}")
@@ -87,8 +82,6 @@ class LSTMClassifierNet(nn.Module):
             raise ValueError(f"ngram_dropout must be in [0, 1), got {ngram_dropout}")
         if ngram_max_norm is not None and ngram_max_norm <= 0:
             raise ValueError(f"ngram_max_norm must be > 0 or None, got {ngram_max_norm}")
-        if wide_buckets and output != "linear":
-            raise ValueError("wide_buckets adds to the logits: it needs output=linear")
         self.pooling, self.word_dropout, self.pad_id = pooling, float(word_dropout), pad_id
         self.ngram_dropout = float(ngram_dropout)
         self.embed = nn.Embedding(vocab_size, embedding_dim, padding_idx=pad_id)
@@ -104,11 +97,6 @@ class LSTMClassifierNet(nn.Module):
         width += embedding_dim if self.input_pooling else 0
         self.fc = nn.Linear(width, num_classes)
         self.bn = nn.BatchNorm1d(num_classes, eps=1e-3, momentum=0.1) if output == "book" else None
-        # a linear model on the review's words and hashed bigrams, its logits added to the LSTM's:
-        # rows 1..vocab-1 the words, then the bigram buckets; row pad_id (the padding) is 0
-        self.vocab_size, self.wide_buckets = vocab_size, int(wide_buckets)
-        self.wide = (nn.EmbeddingBag(vocab_size + wide_buckets, num_classes, mode="mean", padding_idx=pad_id)
-                     if wide_buckets else None)
         self.pack = pack
         self.reset_parameters()
 
@@ -124,23 +112,11 @@ class LSTMClassifierNet(nn.Module):
                     table.weight.normal_(0.0, math.sqrt(1.0 / self.embed.num_embeddings))
             nn.init.normal_(self.fc.weight, 0.0, math.sqrt(1.0 / self.fc.in_features))
             nn.init.zeros_(self.fc.bias)
-            if self.wide is not None:
-                self.wide.weight.zero_()  # starts as the LSTM alone
         set_forget_bias(self.lstm, 1.0)
 
     def ngram_tables(self) -> list[nn.Embedding]:
         """The hashed n-gram tables (bigram, trigram) the net has."""
-        return [t for t in (self.bigram_embed, self.trigram_embed, self.wide) if t is not None]
-
-    def wide_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """``(B, num_classes)``: the linear path, the mean of the weight rows of each review's
-        words and hashed bigrams (padding excluded)."""
-        ids = tokens.long()
-        prev = F.pad(ids[:, :-1], (1, 0), value=self.pad_id)
-        pad = ids == self.pad_id
-        pair = self.vocab_size + (prev * 1_000_003 + ids) % self.wide_buckets
-        rows = torch.cat([ids, pair.masked_fill(pad, self.pad_id)], 1)
-        return self.wide(rows)
+        return [t for t in (self.bigram_embed, self.trigram_embed) if t is not None]
 
     def inputs(self, tokens: torch.Tensor) -> torch.Tensor:
         """``(B, T, embedding_dim)``: word (+ hashed bigram, trigram) embeddings, n-gram dropout
@@ -223,8 +199,6 @@ class LSTMClassifierNet(nn.Module):
     def forward(self, tokens: torch.Tensor, lengths: torch.Tensor,
                 delta: torch.Tensor | None = None) -> torch.Tensor:
         logits = self.fc(self.features(tokens, lengths, delta))
-        if self.wide is not None:
-            logits = logits + self.wide_logits(tokens)
         if self.bn is not None:
             logits = torch.sigmoid(self.bn(logits))
         return logits
