@@ -405,22 +405,6 @@ def test_pooling_modes_pool_only_the_real_steps():
     assert torch.equal(feats["maxmean"], torch.cat([feats["max"], feats["mean"]], 1))
 
 
-def test_input_pooling_adds_the_mean_of_the_real_steps_inputs():
-    """model.net.input_pooling: the LSTM's pooled features, then the mean over each review's real
-    steps of its inputs (word + bigram embeddings): embedding_dim more features."""
-    torch.manual_seed(0)
-    tokens, lengths, _ = _reviews(5)
-    plain = LSTMClassifierNet(50, 6, 7, pooling="maxmean", bigram_buckets=64).eval()
-    bag = LSTMClassifierNet(50, 6, 7, pooling="maxmean", bigram_buckets=64, input_pooling=True).eval()
-    assert bag.fc.in_features == plain.fc.in_features + 6
-    bag.load_state_dict({k: v for k, v in plain.state_dict().items() if not k.startswith("fc.")}, strict=False)
-    feats, base, k = bag.features(tokens, lengths), plain.features(tokens, lengths), plain.fc.in_features
-    assert torch.equal(feats[:, :k], base)
-    for i, n in enumerate(lengths.tolist()):  # each review alone, no padding at all
-        assert torch.allclose(feats[i, k:], plain.inputs(tokens[i : i + 1, :n])[0].mean(0), atol=1e-6)
-    assert bag(tokens, lengths).shape == (5, 2)
-
-
 def test_word_dropout_only_in_training():
     torch.manual_seed(0)
     tokens = torch.randint(2, 50, (8, 200))

@@ -58,9 +58,6 @@ class LSTMClassifierNet(nn.Module):
             training, its word input kept (0: off).
         ngram_max_norm: largest L2 norm of an n-gram table row (rows looked up are
             renormalised in place; None: no limit).
-        input_pooling: also feed the output layer the mean over the real steps of the LSTM's
-            inputs (word + n-gram embeddings, after dropout): a bag-of-n-grams path beside the
-            LSTM's pooled outputs (fastText's representation; ``embedding_dim`` more features).
     """
 
     POOLINGS = POOLINGS
@@ -70,7 +67,7 @@ class LSTMClassifierNet(nn.Module):
                  num_classes: int = 2, output: str = "linear", pack: bool = False,
                  pad_id: int = 0, pooling: str = "max", word_dropout: float = 0.0,
                  bigram_buckets: int = 0, trigram_buckets: int = 0, ngram_dropout: float = 0.0,
-                 ngram_max_norm: float | None = None, input_pooling: bool = False) -> None:
+                 ngram_max_norm: float | None = None) -> None:
         super().__init__()
         if output not in ("linear", "book"):
             raise ValueError(f"output must be linear or book, got {output!r}")
@@ -93,8 +90,6 @@ class LSTMClassifierNet(nn.Module):
                             dropout=dropout if num_layers > 1 else 0.0, bidirectional=bidirectional)
         self.drop = nn.Dropout(dropout)
         width = hidden_size * (2 if bidirectional else 1) * (2 if pooling == "maxmean" else 1)
-        self.input_pooling = bool(input_pooling)
-        width += embedding_dim if self.input_pooling else 0
         self.fc = nn.Linear(width, num_classes)
         self.bn = nn.BatchNorm1d(num_classes, eps=1e-3, momentum=0.1) if output == "book" else None
         self.pack = pack
@@ -169,8 +164,6 @@ class LSTMClassifierNet(nn.Module):
             pooled.append(out.masked_fill(~real, float("-inf")).amax(1))
         if self.pooling in ("mean", "maxmean"):
             pooled.append(out.masked_fill(~real, 0.0).sum(1) / lengths.clamp_min(1).unsqueeze(1).to(out.dtype))
-        if self.input_pooling:  # the mean of the inputs: a bag of words and n-grams beside the LSTM
-            pooled.append(emb.masked_fill(~real, 0.0).sum(1) / lengths.clamp_min(1).unsqueeze(1).to(emb.dtype))
         return pooled[0] if len(pooled) == 1 else torch.cat(pooled, 1)
 
     def _reversed_bidirectional(self, x: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
