@@ -9,8 +9,8 @@ TF-IDF of word unigrams + bigrams (``min_df`` 2, the 300,000 most frequent n-gra
 term frequency) and scikit-learn's ``LogisticRegression(C=4)``, trained on the reviews the fodl
 model trained on (fodl's IMDB reader and tokenizer, the 25,000 training reviews less the
 ``--val-size`` held out with ``--split-seed`` and ``--val-split``, as ``data.val_size`` /
-``data.split_seed`` / ``data.val_split`` carve them; ``--full-train`` uses all 25,000) and scored on the same 25,000 test reviews. Reviews are
-whole (no cut) and keep every word. With ``--ckpt``, the checkpoint's test accuracy is printed
+``data.split_seed`` / ``data.val_split`` carve them; ``--full-train`` uses all 25,000) and
+scored on the same 25,000 test reviews. Reviews are whole (no cut) and keep every word. With ``--ckpt``, the checkpoint's test accuracy is printed
 beside it (reviews tokenised with the checkpoint's settings, cut to its ``max_len``).
 Reads the data from --data-dir (default: $FODL_DATA_DIR, else ../shared/data, else ./data).
 """

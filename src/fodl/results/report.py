@@ -106,15 +106,15 @@ def _anchors(e: Entry, rows: list[Row]) -> str:
     (``entry``) as that entry's result now (mean ± std, n), or how to make it."""
     out = []
     for a in e.anchors:
-        if "entry" in a:
-            row = next(r for r in rows if r.entry.id == a["entry"])
+        row = next((r for r in rows if r.entry.id == a.get("entry")), None)
+        if row is not None:
             key = a.get("metric") or row.entry.metrics[0].key
             metric = next(m for m in row.entry.metrics if m.key == key)
             shown = (row.show(metric) if row.stat(metric) is not None
                      else f"not run: `python scripts/reproduce.py --only {row.entry.id}`")
             out.append(f"{a.get('name')}: {shown}")
         else:
-            out.append(f"{a.get('name')}: {a.get('value')}")
+            out.append(f"{a.get('name')}: {a.get('value') or 'the ' + str(a.get('entry')) + ' row'}")
     return "; ".join(out) or "—"
 
 
