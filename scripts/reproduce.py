@@ -81,10 +81,9 @@ def main(argv=None) -> int:
             return
         # the registry as it is now: a run of hours must not write the tables of the registry it
         # started with over those of entries added or changed meanwhile
-        try:
-            now = registry.load(args.registry)
-        except FodlError as e:
-            print(f"The report was not written: {e} Fix it, then: python scripts/reproduce.py --report",
+        now, why = registry.try_load(args.registry)
+        if now is None:
+            print(f"The report was not written: {why} Fix it, then: python scripts/reproduce.py --report",
                   file=sys.stderr)
             return
         for p in report.write(now, out, args.docs, args.readme if args.readme not in ('', 'none') else None, ledger_dir):

@@ -238,6 +238,15 @@ def load(path: str | Path = REGISTRY) -> Registry:
     return reg
 
 
+def try_load(path: str | Path = REGISTRY) -> tuple[Registry | None, str | None]:
+    """:func:`load`, or ``(None, why)`` when the registry does not load (e.g. it is being edited
+    while a long run ends: that run's report is then skipped, not its runs)."""
+    try:
+        return load(path), None
+    except FodlError as e:
+        return None, str(e)
+
+
 def select(reg: Registry, only: Iterable[str] = (), chapters: Iterable[int] = (),
            cpu_minutes: float | None = None, gpu: bool = False) -> list[Entry]:
     """The training entries to run: ``only`` ids (all when empty), of ``chapters``; CPU entries
