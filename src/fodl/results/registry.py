@@ -12,8 +12,8 @@ import yaml
 
 from fodl.errors import FodlError
 
-_ROOT = Path(__file__).resolve().parents[3]
-REGISTRY = _ROOT / "conf" / "reproduce.yaml"
+REPO = Path(__file__).resolve().parents[3]
+REGISTRY = REPO / "conf" / "reproduce.yaml"
 DEVICES = ("cpu", "gpu")
 _FIELDS = {"id", "chapter", "section", "page", "model", "headline", "what", "overrides", "metrics",
            "book", "anchors", "seeds", "cost", "runs_as", "same_as", "script", "args"}
@@ -162,7 +162,7 @@ def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: li
     """A peer measured by a script of this repository (``script: scripts/bench_pos.py``, ``args``):
     the pipeline runs ``python <script> <args> --seed <k> --metrics-json <run dir>/metrics.json``."""
     script = str(raw["script"])
-    if not (_ROOT / script).is_file() or not script.endswith(".py"):
+    if not (REPO / script).is_file() or not script.endswith(".py"):
         raise _bad(path, f"entry {eid}", f"script: {script} is not a Python script of this "
                    "repository (give its path from the repository root, e.g. scripts/bench_pos.py)")
     clash = sorted({"overrides", "runs_as", "same_as"} & set(raw))

@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fodl.results.registry import Entry
+from fodl.results.registry import REPO, Entry
 
 RECORD = "reproduce.json"
 #: the pipeline's own files: changing them does not change what a run computes
 _OWN = (":(exclude)src/fodl/results", ":(exclude)scripts/reproduce.py", ":(exclude)conf/reproduce.yaml")
-REPO = Path(__file__).resolve().parents[3]
 
 
 def run_dir(root: str | Path, entry: Entry, seed: int) -> Path:
