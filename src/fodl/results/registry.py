@@ -105,6 +105,13 @@ def _metric(path: Path, eid: str, m: Any) -> Metric:
                   str(m.get("unit", "")))
 
 
+def _shared(raw: dict, eid: str) -> dict[str, Any]:
+    """The fields every kind of entry has (training, same_as, script)."""
+    return dict(id=eid, chapter=int(raw["chapter"]), section=str(raw["section"]), page=str(raw["page"]),
+                model=str(raw["model"]), what=str(raw["what"]), book=raw.get("book"),
+                anchors=tuple(raw.get("anchors") or ()), headline=bool(raw.get("headline", False)))
+
+
 def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
     if not isinstance(raw, dict) or "id" not in raw:
         raise _bad(path, "entries", f"{raw!r} is not an entry with an id")
@@ -117,16 +124,15 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
         if need not in raw:
             raise _bad(path, f"entry {eid}", f"the field {need} is missing")
     if same_as:
-        clash = sorted({"overrides", "seeds", "cost", "runs_as"} & set(raw))
+        clash = sorted({"overrides", "seeds", "cost", "runs_as", "script", "args"} & set(raw))
         if clash:
             raise _bad(path, f"entry {eid}", f"same_as: {same_as} takes its runs, so not "
                        f"{', '.join(clash)} (they are {same_as}'s)")
         if not raw.get("metrics"):
             raise _bad(path, f"entry {eid}", "an entry needs metrics")
-        return Entry(eid, int(raw["chapter"]), str(raw["section"]), str(raw["page"]), str(raw["model"]),
-                     str(raw["what"]), (), tuple(_metric(path, eid, m) for m in raw["metrics"]), (),
-                     "cpu", None, raw.get("book"), tuple(raw.get("anchors") or ()),
-                     bool(raw.get("headline", False)), None, str(same_as))
+        return Entry(**_shared(raw, eid), overrides=(),
+                     metrics=tuple(_metric(path, eid, m) for m in raw["metrics"]), seeds=(),
+                     device="cpu", minutes=None, same_as=str(same_as))
     cost = raw["cost"] or {}
     if "script" in raw:
         return _script_entry(path, raw, eid, cost, default_seeds)
@@ -151,11 +157,9 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
     if device == "gpu" and runs_as is None and "trainer=gpu" not in overrides:
         raise _bad(path, f"entry {eid}", "a gpu entry trains with trainer=gpu among its overrides")
     seeds = tuple(int(s) for s in (raw.get("seeds") or default_seeds))
-    return Entry(eid, int(raw["chapter"]), str(raw["section"]), str(raw["page"]), str(raw["model"]),
-                 str(raw["what"]), overrides, metrics, seeds, device,
-                 float(minutes) if minutes is not None else None, raw.get("book"),
-                 tuple(raw.get("anchors") or ()), bool(raw.get("headline", False)),
-                 str(runs_as) if runs_as else None)
+    return Entry(**_shared(raw, eid), overrides=overrides, metrics=metrics, seeds=seeds, device=device,
+                 minutes=float(minutes) if minutes is not None else None,
+                 runs_as=str(runs_as) if runs_as else None)
 
 
 def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: list[int]) -> Entry:
@@ -165,7 +169,7 @@ def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: li
     if not (REPO / script).is_file() or not script.endswith(".py"):
         raise _bad(path, f"entry {eid}", f"script: {script} is not a Python script of this "
                    "repository (give its path from the repository root, e.g. scripts/bench_pos.py)")
-    clash = sorted({"overrides", "runs_as", "same_as"} & set(raw))
+    clash = sorted({"overrides", "runs_as"} & set(raw))  # (same_as: refused before this)
     if clash:
         raise _bad(path, f"entry {eid}", f"a script entry has args, not {', '.join(clash)}")
     if cost.get("device") != "cpu" or not isinstance(cost.get("minutes"), (int, float)):
@@ -176,11 +180,9 @@ def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: li
     metrics = tuple(_metric(path, eid, m) for m in raw.get("metrics") or ())
     if not metrics:
         raise _bad(path, f"entry {eid}", "an entry needs metrics")
-    return Entry(eid, int(raw["chapter"]), str(raw["section"]), str(raw["page"]), str(raw["model"]),
-                 str(raw["what"]), (script, *args), metrics,
-                 tuple(int(s) for s in (raw.get("seeds") or default_seeds)), "cpu",
-                 float(cost["minutes"]), raw.get("book"), tuple(raw.get("anchors") or ()),
-                 bool(raw.get("headline", False)), None, None, True)
+    return Entry(**_shared(raw, eid), overrides=(script, *args), metrics=metrics,
+                 seeds=tuple(int(s) for s in (raw.get("seeds") or default_seeds)), device="cpu",
+                 minutes=float(cost["minutes"]), script=True)
 
 
 def _check_anchors(reg: Registry) -> None:
