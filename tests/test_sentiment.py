@@ -460,11 +460,27 @@ def test_bench_sentiment_on_a_tiny_tree(trained, monkeypatch, capsys, tmp_path):
                                       "--ckpt", str(ckpt), "--seed", "0", "--metrics-json", str(out)])
     assert bench["main"]() == 0
     rows = [line.split(" | ") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")][1:]
-    assert len(rows) == 2 and "LogisticRegression(C=4)" in rows[0][0] and "200 training reviews" in rows[0][0]
-    linear, lstm = (float(r[1].rstrip("%")) for r in rows)
+    assert len(rows) == 3 and "LogisticRegression(C=4)" in rows[0][0] and "200 training reviews" in rows[0][0]
+    linear, lstm, both = (float(r[1].rstrip("%")) for r in rows)
     assert linear > 90.0  # the tiny reviews are separable by their words
-    assert 100 * json.loads(out.read_text())["test/acc"] == pytest.approx(linear, abs=0.005)
+    written = json.loads(out.read_text())
+    assert 100 * written["test/acc"] == pytest.approx(linear, abs=0.005)
     assert lstm == pytest.approx(100 * metrics["test/acc"], abs=0.01)  # the same test set, same model
+    assert 100 * written["lstm/acc"] == pytest.approx(lstm, abs=0.005)
+    # the ensemble: the mean of the two models' class probabilities, review by review
+    from fodl.data.imdb import IMDBDataModule
+    from fodl.models.sentiment import load_text_classifier, probabilities_on
+
+    model = load_text_classifier(ckpt)
+    dm = IMDBDataModule(str(data), None, download=False, val_size=40, split_seed=0)
+    reviews = dm.reviews()
+    test_reviews, labels = reviews["test"]
+    p = probabilities_on(model, test_reviews, batch_size=7)  # batches of sorted lengths, put back in order
+    for i in (0, 5, len(test_reviews) - 1):
+        assert torch.allclose(p[i], probabilities_on(model, [test_reviews[i]])[0], atol=1e-5)
+    q = torch.as_tensor(bench["linear_baseline"](reviews["train"], reviews["test"])["proba"], dtype=torch.float32)
+    expected = float(((p + q).argmax(-1) == labels).float().mean())
+    assert written["ensemble/acc"] == pytest.approx(expected) and both == pytest.approx(100 * expected, abs=0.005)
     monkeypatch.setattr(sys, "argv", ["bench_sentiment.py", "--data-dir", str(data / "nothing")])
     assert bench["main"]() == 2 and "No IMDB data" in capsys.readouterr().err
 

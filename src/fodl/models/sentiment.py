@@ -149,23 +149,35 @@ class TextClassifierModule(ClassifierModule):
 
 
 @torch.no_grad()
-def accuracy_on(model: TextClassifierModule, reviews: list[list[str]], labels: torch.Tensor,
-                batch_size: int = 256) -> float:
-    """Accuracy of a trained classifier on token lists (tokenised as its training data was,
-    e.g. :meth:`fodl.data.imdb.IMDBDataModule.reviews`): each cut to the checkpoint's
-    ``max_len``, numericalised with its vocabulary, classified in length-sorted batches."""
+def probabilities_on(model: TextClassifierModule, reviews: list[list[str]],
+                     batch_size: int = 256) -> torch.Tensor:
+    """``(N, num_classes)`` class probabilities of a trained classifier for token lists (tokenised
+    as its training data was, e.g. :meth:`fodl.data.imdb.IMDBDataModule.reviews`), in the
+    reviews' order: each cut to the checkpoint's ``max_len``, numericalised with its vocabulary,
+    classified in length-sorted batches."""
     max_len = model.text_settings.get("max_len")
     order = sorted(range(len(reviews)), key=lambda i: -len(reviews[i]))
     was = model.net.training
     model.net.eval()
-    correct = 0
+    out = None
     for k in range(0, len(order), batch_size):
         sel = order[k : k + batch_size]
         tokens, lengths = model.vocab.encode_batch([reviews[i] or [""] for i in sel], max_len)
-        pred = model.net(tokens.to(model.device), lengths.to(model.device)).argmax(-1).cpu()
-        correct += int((pred == labels[sel]).sum())
+        p = model.net(tokens.to(model.device), lengths.to(model.device)).softmax(-1).float().cpu()
+        if out is None:
+            out = torch.empty(len(reviews), p.shape[-1])
+        out[sel] = p
     model.net.train(was)
-    return correct / max(len(reviews), 1)
+    return out if out is not None else torch.empty(0, 2)
+
+
+def accuracy_on(model: TextClassifierModule, reviews: list[list[str]], labels: torch.Tensor,
+                batch_size: int = 256) -> float:
+    """Accuracy of a trained classifier on token lists (see :func:`probabilities_on`)."""
+    if not reviews:
+        return 0.0
+    pred = probabilities_on(model, reviews, batch_size).argmax(-1)
+    return float((pred == labels).float().mean())
 
 
 def load_text_classifier(path: str) -> TextClassifierModule:
