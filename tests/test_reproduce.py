@@ -464,6 +464,76 @@ def test_a_peer_measured_by_a_script_is_a_row_and_an_anchor(tmp_path, monkeypatc
             registry.load(_write_registry(tmp_path / f"bad{i}.yaml", text))
 
 
+SCORER = """\
+- id: s
+  chapter: 3
+  section: "3, b and a peer averaged"
+  page: ch03_x
+  model: mnist_mlp
+  what: "b's best checkpoint scored beside a peer by a script"
+  script: scripts/bench_sentiment.py
+  checkpoint_of: b
+  seeds: [0, 1]
+  metrics: [{key: ensemble/acc, label: test accuracy}]
+  cost: {device: cpu, minutes: 1}
+"""
+
+FAKE_SCORER = """\
+import argparse, json, os
+ap = argparse.ArgumentParser()
+ap.add_argument("--ckpt"); ap.add_argument("--seed", type=int); ap.add_argument("--metrics-json")
+a = ap.parse_args()
+with open(os.path.join(os.environ["CALLS"], "scored.txt"), "a") as f:
+    f.write(f"{a.ckpt} {a.seed}\\n")
+json.dump({"ensemble/acc": 0.9}, open(a.metrics_json, "w"))
+"""
+
+
+def test_a_script_entry_scores_the_best_checkpoint_of_another_entrys_run(tmp_path, monkeypatch):
+    """checkpoint_of: the script gets --ckpt <that entry's best checkpoint, same seed>; without
+    a finished run of it, this seed fails saying what to run first, and the others go on."""
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES + SCORER))
+    s, b = reg.get("s"), reg.get("b")
+    assert s.command(1) == ("python scripts/bench_sentiment.py --ckpt "
+                            "outputs/reproduce/b/seed1/checkpoints/epoch*-best*.ckpt --seed 1")
+    assert s.command().endswith("--ckpt outputs/reproduce/b/seedS/checkpoints/epoch*-best*.ckpt "
+                                "--seed S (S in 0,1)")
+    fake = tmp_path / "repo" / "scripts" / "bench_sentiment.py"
+    fake.parent.mkdir(parents=True)
+    fake.write_text(FAKE_SCORER)
+    monkeypatch.setattr(runner, "REPO", tmp_path / "repo")
+    monkeypatch.setenv("CALLS", str(tmp_path))
+    root = tmp_path / "runs"
+    d0 = _fake_run(root, b, 0, {"test/acc": 0.9})                       # b seed 0: finished, two files
+    (d0 / "checkpoints").mkdir()
+    for name in ("last.ckpt", "epoch002-best0.9000.ckpt"):
+        (d0 / "checkpoints" / name).write_bytes(b"x")
+    d1 = _fake_run(root, b, 1, None, status="running")                  # b seed 1: interrupted
+    (d1 / "checkpoints").mkdir()
+    (d1 / "checkpoints" / "epoch000-best0.5000.ckpt").write_bytes(b"x")
+    jobs, done = runner.plan([s], root)
+    outcomes = runner.run_all(jobs, done, say=lambda _: None)
+    assert [o.ok for o in outcomes] == [True, False]
+    assert (tmp_path / "scored.txt").read_text() == f"{d0 / 'checkpoints' / 'epoch002-best0.9000.ckpt'} 0\n"
+    assert "no finished run" in outcomes[1].error and "--only b --seeds 1 --rerun" in outcomes[1].error
+    assert inspect(root, s, 1).state == "failed" and inspect(root, s, 0).metrics == {"ensemble/acc": 0.9}
+
+    bad = [(ENTRIES + SCORER.replace("checkpoint_of: b", "checkpoint_of: zz"), r"entry s.*checkpoint_of: zz"),
+           (SCORER + ENTRIES, r"entry s.*above this one"),
+           (ENTRIES + SCORER.replace("checkpoint_of: b", "checkpoint_of: g").replace(
+               "seeds: [0, 1]", "seeds: [0, 1, 2]"), None),                                  # all of g's seeds: fine
+           (ENTRIES + SCORER.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"), r"entry s.*seed\(s\) \[2\]"),
+           (ENTRIES + SCORER.replace("  seeds:", "  args: [--ckpt, x.ckpt]\n  seeds:"), r"entry s.*--ckpt"),
+           (ENTRIES.replace("  seeds: [0, 1]\n", "  seeds: [0, 1]\n  checkpoint_of: a\n"), r"entry b.*goes with script"),
+           (ENTRIES + PEER + SCORER.replace("checkpoint_of: b", "checkpoint_of: p"), r"entry s.*training entry")]
+    for i, (text, match) in enumerate(bad):
+        if match is None:
+            registry.load(_write_registry(tmp_path / f"ok{i}.yaml", text))
+            continue
+        with pytest.raises(FodlError, match=match):
+            registry.load(_write_registry(tmp_path / f"bad{i}.yaml", text))
+
+
 def test_the_report_after_a_long_run_uses_the_registry_as_it_is_then(tmp_path, monkeypatch, capsys):
     """A run of hours writes docs/results.md from the registry on disk when it ends, not from
     the one it loaded at its start (entries added meanwhile keep their rows); a registry broken

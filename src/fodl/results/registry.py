@@ -14,9 +14,11 @@ from fodl.errors import FodlError
 
 REPO = Path(__file__).resolve().parents[3]
 REGISTRY = REPO / "conf" / "reproduce.yaml"
+#: a run's best checkpoint (conf/callbacks/default.yaml's name for it), relative to its run directory
+BEST_CHECKPOINT = "checkpoints/epoch*-best*.ckpt"
 DEVICES = ("cpu", "gpu")
 _FIELDS = {"id", "chapter", "section", "page", "model", "headline", "what", "overrides", "metrics",
-           "book", "anchors", "seeds", "cost", "runs_as", "same_as", "script", "args"}
+           "book", "anchors", "seeds", "cost", "runs_as", "same_as", "script", "args", "checkpoint_of"}
 _ANCHOR_FIELDS = {"name", "value", "source", "entry", "metric"}
 _METRIC_FIELDS = {"key", "label", "scale", "digits", "unit"}
 
@@ -52,6 +54,7 @@ class Entry:
     runs_as: str | None = None  # an analysis command the pipeline does not run (yet)
     same_as: str | None = None  # another entry whose runs this row reports (the same config)
     script: bool = False        # a peer measured by a script of this repository (not train.py)
+    checkpoint_of: str | None = None  # a script entry scoring that entry's best checkpoint (--ckpt)
 
     @property
     def automated(self) -> bool:
@@ -70,8 +73,10 @@ class Entry:
         if self.script:
             seeds = ",".join(map(str, self.seeds)) if seed is None else str(seed)
             one = seed is not None or len(self.seeds) == 1
-            return (f"python {' '.join(self.overrides)} --seed "
-                    + (seeds if one else f"S (S in {seeds})"))
+            s = seeds if one else "S"
+            ckpt = (f" --ckpt outputs/reproduce/{self.checkpoint_of}/seed{s}/{BEST_CHECKPOINT}"
+                    if self.checkpoint_of else "")
+            return f"python {' '.join(self.overrides)}{ckpt} --seed {s}" + ("" if one else f" (S in {seeds})")
         if seed is None:
             seeds = ",".join(map(str, self.seeds))
             return "python scripts/train.py -m " + " ".join([*self.overrides, f"seed={seeds}"])
@@ -124,7 +129,7 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
         if need not in raw:
             raise _bad(path, f"entry {eid}", f"the field {need} is missing")
     if same_as:
-        clash = sorted({"overrides", "seeds", "cost", "runs_as", "script", "args"} & set(raw))
+        clash = sorted({"overrides", "seeds", "cost", "runs_as", "script", "args", "checkpoint_of"} & set(raw))
         if clash:
             raise _bad(path, f"entry {eid}", f"same_as: {same_as} takes its runs, so not "
                        f"{', '.join(clash)} (they are {same_as}'s)")
@@ -136,8 +141,9 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
     cost = raw["cost"] or {}
     if "script" in raw:
         return _script_entry(path, raw, eid, cost, default_seeds)
-    if "args" in raw:
-        raise _bad(path, f"entry {eid}", "args go with script (a peer run by a script)")
+    for only_scripts in ("args", "checkpoint_of"):
+        if only_scripts in raw:
+            raise _bad(path, f"entry {eid}", f"{only_scripts} goes with script (a peer run by a script)")
     device = cost.get("device")
     if device not in DEVICES:
         raise _bad(path, f"entry {eid}", f"cost.device={device!r}; allowed: cpu or gpu")
@@ -175,14 +181,16 @@ def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: li
     if cost.get("device") != "cpu" or not isinstance(cost.get("minutes"), (int, float)):
         raise _bad(path, f"entry {eid}", "a script entry needs cost: {device: cpu, minutes: N}")
     args = tuple(str(a) for a in raw.get("args") or ())
-    if any(a.split("=", 1)[0] in ("--seed", "--metrics-json") for a in args):
-        raise _bad(path, f"entry {eid}", "--seed and --metrics-json are set by scripts/reproduce.py")
+    if any(a.split("=", 1)[0] in ("--seed", "--metrics-json", "--ckpt") for a in args):
+        raise _bad(path, f"entry {eid}", "--seed, --metrics-json and --ckpt (checkpoint_of) are set "
+                   "by scripts/reproduce.py")
     metrics = tuple(_metric(path, eid, m) for m in raw.get("metrics") or ())
     if not metrics:
         raise _bad(path, f"entry {eid}", "an entry needs metrics")
     return Entry(**_shared(raw, eid), overrides=(script, *args), metrics=metrics,
                  seeds=tuple(int(s) for s in (raw.get("seeds") or default_seeds)), device="cpu",
-                 minutes=float(cost["minutes"]), script=True)
+                 minutes=float(cost["minutes"]), script=True,
+                 checkpoint_of=str(raw["checkpoint_of"]) if raw.get("checkpoint_of") else None)
 
 
 def _check_anchors(reg: Registry) -> None:
@@ -206,6 +214,22 @@ def _check_anchors(reg: Registry) -> None:
                 raise _bad(reg.path, f"entry {e.id}", f"anchor {a['name']!r}: {a['entry']} reports no "
                            f"metric {a['metric']!r} (its metrics: "
                            f"{', '.join(m.key for m in peer.metrics)})")
+
+
+def _check_checkpoint_of(reg: Registry) -> None:
+    """``checkpoint_of`` names an earlier training entry (``--only`` runs entries in the
+    registry's order, so its runs are made first) with every seed of this one."""
+    seen: dict[str, Entry] = {}
+    for e in reg.entries:
+        if e.checkpoint_of is not None:
+            target = seen.get(e.checkpoint_of)
+            if target is None or target.script or not target.automated or target.same_as:
+                raise _bad(reg.path, f"entry {e.id}", f"checkpoint_of: {e.checkpoint_of} must name a "
+                           "training entry above this one (its runs' checkpoints are scored)")
+            if missing := sorted(set(e.seeds) - set(target.seeds)):
+                raise _bad(reg.path, f"entry {e.id}", f"seed(s) {missing} are not seeds of "
+                           f"{e.checkpoint_of} (checkpoint_of scores that entry's run of each seed)")
+        seen[e.id] = e
 
 
 def load(path: str | Path = REGISTRY) -> Registry:
@@ -237,6 +261,7 @@ def load(path: str | Path = REGISTRY) -> Registry:
         reg.entries[i] = replace(e, overrides=target.overrides, seeds=target.seeds,
                                  device=target.device, minutes=target.minutes, script=target.script)
     _check_anchors(reg)
+    _check_checkpoint_of(reg)
     return reg
 
 

@@ -28,10 +28,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from fodl.errors import FodlError
 from fodl.results import ledger
 from fodl.results.registry import Entry
 from fodl.results.runs import (
     REPO,
+    best_checkpoint,
     git_commit,
     hardware,
     inspect,
@@ -102,6 +104,8 @@ def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False,
 def command(job: Job, smoke: bool = False) -> list[str]:
     if job.entry.script:  # a peer: the script writes the metrics.json the pipeline reads
         script, *rest = job.entry.overrides
+        if job.entry.checkpoint_of:  # it scores that entry's run of the same seed
+            rest += ["--ckpt", str(scored_checkpoint(job))]
         return [sys.executable, str(REPO / script), *rest, "--seed", str(job.seed),
                 "--metrics-json", str(job.path / "metrics.json")]
     args = [*job.entry.overrides, f"seed={job.seed}", f"hydra.run.dir={job.path}"]
@@ -110,6 +114,20 @@ def command(job: Job, smoke: bool = False) -> list[str]:
     if smoke:
         args += [*SMOKE, "logger=none"]
     return [sys.executable, str(TRAIN), *args]
+
+
+def scored_checkpoint(job: Job) -> Path:
+    """The best checkpoint of the run a ``checkpoint_of`` entry scores (the same seed's run of
+    that entry, beside this one under the same root), or ``FodlError`` saying how to make it."""
+    other = job.path.parent.parent / str(job.entry.checkpoint_of) / job.path.name
+    found = best_checkpoint(other)
+    if found is None:
+        raise FodlError(f"{job.entry.id} seed {job.seed} scores the best checkpoint of "
+                        f"{job.entry.checkpoint_of} seed {job.seed}, and {other} has no finished run "
+                        "with one (the ledger keeps results, not checkpoints). Run python "
+                        f"scripts/reproduce.py --only {job.entry.checkpoint_of} --seeds {job.seed} "
+                        "--rerun first, then this entry again.")
+    return found
 
 
 def run_one(job: Job, smoke: bool = False, ledger_dir: str | Path | None = None) -> Outcome:
@@ -128,7 +146,13 @@ def run_one(job: Job, smoke: bool = False, ledger_dir: str | Path | None = None)
         old = json.loads((d / "reproduce.json").read_text())
     except (OSError, ValueError):
         old = {}
-    cmd = command(job, smoke)
+    try:
+        cmd = command(job, smoke)
+    except FodlError as e:  # what it needs is not there: reported as this run's failure
+        write_record(d, {"id": job.entry.id, "overrides": list(job.entry.overrides), "seed": job.seed,
+                         "command": job.entry.command(job.seed), "status": "failed", "error": str(e),
+                         "attempts": int(old.get("attempts", 0)) + 1})
+        return Outcome(job, False, 0.0, str(e))
     record = {"id": job.entry.id, "overrides": list(job.entry.overrides), "seed": job.seed,
               "command": job.entry.command(job.seed), "status": "running",
               "attempts": int(old.get("attempts", 0)) + 1, "commit": git_commit(),

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from fodl.results.registry import REPO, Entry
+from fodl.results.registry import BEST_CHECKPOINT, REPO, Entry
 
 RECORD = "reproduce.json"
 #: the pipeline's own files: changing them does not change what a run computes
@@ -76,6 +76,15 @@ def inspect_dir(d: Path, entry: Entry, seed: int) -> SeedRun:
 
 def last_checkpoint(d: Path) -> Path | None:
     found = sorted(d.glob("**/last.ckpt"), key=lambda p: p.stat().st_mtime)
+    return found[-1] if found else None
+
+
+def best_checkpoint(d: Path) -> Path | None:
+    """The best checkpoint of a finished run in ``d`` (the newest, if a resumed run left more
+    than one); ``None`` when the run has not finished or its checkpoints are gone."""
+    if read_json(d / RECORD).get("status") != "completed":
+        return None
+    found = sorted(d.glob(BEST_CHECKPOINT), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
