@@ -121,6 +121,32 @@ def test_auto_finds_the_newest_last_checkpoint_of_the_same_experiment(tmp_path):
     assert experiment_key(["b=1", "a=2", "ckpt_path=auto"]) == ("a=2", "b=1")
 
 
+def test_auto_finds_runs_behind_a_link_and_in_its_own_run_directory(tmp_path):
+    """outputs/reproduce linked to another disk (Path.glob("**") does not follow links: every
+    pipeline run then started again from scratch), a link back up the tree (walked once), and
+    hydra.run.dir outside paths.log_dir (the run's own directory is searched too)."""
+    def run(d, overrides, mtime):
+        (d / ".hydra").mkdir(parents=True)
+        (d / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(overrides))
+        (d / "checkpoints").mkdir()
+        (d / "checkpoints" / "last.ckpt").write_bytes(b"x")
+        os.utime(d / "checkpoints" / "last.ckpt", (mtime, mtime))
+        return d / "checkpoints" / "last.ckpt"
+
+    outputs, disk = tmp_path / "outputs", tmp_path / "bigdisk" / "reproduce"
+    outputs.mkdir()
+    (outputs / "reproduce").symlink_to(disk, target_is_directory=True)
+    mine = ["model=logreg", "seed=0"]
+    linked = run(disk / "a" / "seed0", mine, mtime=200)
+    run(outputs / "logreg" / "runs" / "t", mine, mtime=100)
+    (disk / "loop").symlink_to(outputs, target_is_directory=True)        # a cycle
+    found = find_last_checkpoint(outputs, [*mine, "ckpt_path=auto"])
+    assert found is not None and found.resolve() == linked.resolve()
+    elsewhere = run(tmp_path / "scratch" / "run", mine, mtime=300)       # hydra.run.dir=<elsewhere>
+    assert find_last_checkpoint(outputs, mine, run_dir=tmp_path / "scratch" / "run") == elsewhere
+    assert find_last_checkpoint(outputs, ["model=logreg", "seed=1"], run_dir=tmp_path / "scratch" / "run") is None
+
+
 def test_ddp_processes_started_by_lightning_take_rank_zeros_auto_choice(tmp_path, monkeypatch):
     """Lightning's DDP children re-run the entry point from the saved config, without the
     command-line overrides that identify the experiment: they must resume from what rank 0

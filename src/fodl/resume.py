@@ -67,12 +67,32 @@ def checkpoint_dirs(cfg) -> list[str]:
     return rel or ["checkpoints"]
 
 
+def _override_files(roots: Iterable[str | Path]) -> Iterable[Path]:
+    """Every run's ``.hydra/overrides.yaml`` under ``roots``, following symbolic links (a user
+    may link ``outputs/`` or a part of it, e.g. ``outputs/reproduce``, to a larger disk:
+    ``Path.glob("**")`` does not descend into those), each real directory once."""
+    seen: set[str] = set()
+    for top in roots:
+        for root, dirs, files in os.walk(top, followlinks=True):
+            real = os.path.realpath(root)
+            if real in seen:  # a link back up the tree, or a run reached twice
+                dirs[:] = []
+                continue
+            seen.add(real)
+            if os.path.basename(root) == ".hydra" and "overrides.yaml" in files:
+                yield Path(root) / "overrides.yaml"
+
+
 def find_last_checkpoint(log_dir: str | Path, overrides: Iterable[str],
-                         ckpt_dirs: Iterable[str] = ("checkpoints",)) -> Path | None:
-    """The newest ``last.ckpt`` under ``log_dir`` of a run with the same experiment key."""
+                         ckpt_dirs: Iterable[str] = ("checkpoints",),
+                         run_dir: str | Path | None = None) -> Path | None:
+    """The newest ``last.ckpt`` of a run with the same experiment key under ``log_dir`` (links
+    followed) or in ``run_dir``, this run's own directory (wherever ``hydra.run.dir`` put it)."""
     want = experiment_key(overrides)
+    ckpt_dirs = list(ckpt_dirs)
     newest: tuple[float, Path] | None = None
-    for f in Path(log_dir).glob("**/.hydra/overrides.yaml"):
+    roots = [log_dir] + ([run_dir] if run_dir is not None else [])
+    for f in _override_files(roots):
         try:
             theirs = yaml.safe_load(f.read_text()) or []
         except (OSError, yaml.YAMLError):
@@ -109,7 +129,7 @@ def resolve_ckpt_path(cfg) -> str | None:
         raise FodlError("ckpt_path=auto finds the run to resume by its Hydra overrides, so it needs "
                         "a run started through scripts/train.py. Give the checkpoint's path instead.") from None
     log_dir = Path(str(cfg.paths.log_dir))
-    found = find_last_checkpoint(log_dir, overrides, checkpoint_dirs(cfg))
+    found = find_last_checkpoint(log_dir, overrides, checkpoint_dirs(cfg), cfg.paths.output_dir)
     os.environ[_INHERITED] = str(found or "")
     if found is None:
         log.info("ckpt_path=auto: no last.ckpt of this experiment under %s; starting from scratch",
