@@ -2,12 +2,14 @@
 """Linear interpolation between a random init and a trained MNIST MLP (book chapter 4).
 
     python scripts/interpolate.py outputs/mnist_mlp/runs/<time>/checkpoints/last.ckpt
-        [--out DIR] [--seed 0] [--step 0.01] [--data-dir DIR]
+        [--out DIR] [--seed 0] [--step 0.01] [--data-dir DIR] [--metrics-json FILE]
+    python scripts/reproduce.py --only ch4_interpolation     # on the pipeline's ch3_mnist_mlp runs
 
 Evaluates the test-set cost along theta(a) = a*theta_f + (1-a)*theta_i for a in [-2, 2];
 writes interpolation.png, interpolation.csv and a TensorBoard scalar interpolation/cost
 (x = 100*(a+2), as in the book's summary writer), and prints the costs at a=0 and a=1
-(book: 2.38 random, 0.0805 trained).
+(book: 2.38 random, 0.0805 trained); --metrics-json also writes those two as cost_random and
+cost_trained (the results pipeline's row).
 """
 
 import argparse
@@ -21,7 +23,7 @@ from hydra.utils import instantiate
 
 from fodl.analysis.classifier_run import load_classifier_run
 from fodl.analysis.interpolation import alpha_grid, interpolate
-from fodl.errors import reports_errors
+from fodl.errors import FodlError, reports_errors
 
 
 def run(ckpt: str, out: Path, seed: int = 0, step: float = 0.01, data_dir: str | None = None) -> dict:
@@ -58,14 +60,26 @@ def run(ckpt: str, out: Path, seed: int = 0, step: float = 0.01, data_dir: str |
 @reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("ckpt")
-    ap.add_argument("--out", default=None, help="default: <run dir>/interpolation")
+    ap.add_argument("ckpt", nargs="?", help="a model=mnist_mlp checkpoint")
+    ap.add_argument("--ckpt", dest="ckpt_option", metavar="CKPT", help="the same, as an option")
+    ap.add_argument("--out", default=None,
+                    help="default: the --metrics-json file's directory, else <run dir>/interpolation")
     ap.add_argument("--seed", type=int, default=0, help="seed of the random initialisation theta_i")
     ap.add_argument("--step", type=float, default=0.01)
     ap.add_argument("--data-dir", default=os.environ.get("FODL_DATA_DIR"))
+    ap.add_argument("--metrics-json", help="also write cost_random and cost_trained here")
     args = ap.parse_args()
-    out = Path(args.out) if args.out else Path(args.ckpt).resolve().parent.parent / "interpolation"
-    r = run(args.ckpt, out, args.seed, args.step, args.data_dir)
+    if bool(args.ckpt) == bool(args.ckpt_option):
+        raise FodlError("scripts/interpolate.py needs one checkpoint: give it as the argument or "
+                        "as --ckpt, not both or neither.")
+    ckpt = args.ckpt or args.ckpt_option
+    out = (Path(args.out) if args.out else Path(args.metrics_json).resolve().parent if args.metrics_json
+           else Path(ckpt).resolve().parent.parent / "interpolation")
+    r = run(ckpt, out, args.seed, args.step, args.data_dir)
+    if args.metrics_json:
+        from fodl.train import write_metrics
+
+        write_metrics(args.metrics_json, {"cost_random": r["cost_random"], "cost_trained": r["cost_trained"]})
     print(f"test cost at alpha=0 (random init): {r['cost_random']:.4f}   (book: 2.38)")
     print(f"test cost at alpha=1 (trained):     {r['cost_trained']:.4f}   (book: 0.0805)")
     print(f"wrote {out}/interpolation.png, interpolation.csv, tensorboard/")

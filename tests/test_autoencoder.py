@@ -1,6 +1,7 @@
 """Chapter 6 autoencoders: the net, the module's loss/corruption/sparsity, training through the
 real train() path, TensorBoard summaries, best-checkpoint choice, and the PCA comparison."""
 
+import json
 import math
 import re
 import runpy
@@ -280,10 +281,15 @@ def _best(run_dir):
 def test_autoencoder_vs_pca_script_end_to_end(runs, tmp_path, monkeypatch, capsys):
     args = ["--ae2", _best(runs["ae2"][1]), "--ae30", _best(runs["ae30"][1]),
             "--denoising", _best(runs["denoising"][1]), "--out", str(tmp_path / "out"),
-            "--data-dir", str(runs["data"]), "--n-scatter", "200"]
+            "--data-dir", str(runs["data"]), "--n-scatter", "200",
+            "--metrics-json", str(tmp_path / "row" / "metrics.json")]
     script = runpy.run_path(str(ROOT / "scripts" / "autoencoder_vs_pca.py"), run_name="script")
     monkeypatch.setattr(sys, "argv", ["autoencoder_vs_pca.py", *args])
     assert script["main"]() == 0
+    numbers = json.loads((tmp_path / "row" / "metrics.json").read_text())  # the pipeline's row
+    assert set(numbers) >= {"pca-30/sse", "autoencoder-30/sse", "pca-2/knn", "autoencoder-2/knn",
+                            "pca-30/l2_corrupted", "denoising_autoencoder-30/l2_corrupted"}
+    assert f"{numbers['pca-30/sse']:.2f}" in (tmp_path / "out" / "autoencoder_vs_pca.md").read_text()
     for name in ("codes_2d.png", "reconstructions_30d.png", "denoising.png"):
         assert (tmp_path / "out" / name).stat().st_size > 10_000, name
     table = (tmp_path / "out" / "autoencoder_vs_pca.md").read_text()

@@ -1,5 +1,6 @@
 """Chapter 4: optimizer configs, the sweep + plot, interpolation, momentum speed-up."""
 
+import json
 import subprocess
 import sys
 
@@ -86,6 +87,18 @@ def test_interpolation_script_on_a_trained_checkpoint(tmp_path, tiny_mnist):
     assert r["cost_random"] == pytest.approx(cost(fresh, *dm.splits["test"]), rel=1e-6)
     assert (tmp_path / "interp" / "interpolation.png").stat().st_size > 1000
     assert len(np.loadtxt(tmp_path / "interp" / "interpolation.csv", delimiter=",", skiprows=1)) == 9
+    # as the results pipeline runs it: --ckpt, --seed, --metrics-json (figures beside the JSON)
+    out = tmp_path / "row" / "metrics.json"
+    argv = ["interpolate.py", "--ckpt", str(best), "--seed", "0", "--step", "0.5",
+            "--data-dir", str(tiny_mnist), "--metrics-json", str(out)]
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(sys, "argv", argv)
+        assert script.main() == 0
+        assert json.loads(out.read_text()) == pytest.approx(
+            {"cost_random": r["cost_random"], "cost_trained": r["cost_trained"]}, rel=1e-6)
+        assert (tmp_path / "row" / "interpolation.png").is_file()
+        mp.setattr(sys, "argv", [*argv, str(best)])  # the checkpoint twice
+        assert script.main() == 2
 
 
 @pytest.mark.slow
@@ -127,12 +140,24 @@ def test_plot_script_without_sweep_says_how_to_make_one(tmp_path):
     assert r.returncode == 2 and "experiment=book/ch4_optimizers" in r.stderr
 
 
-def test_momentum_reaches_the_cost_sooner(tiny_mnist):
-    from fodl.analysis.momentum import steps_to_cost
-    common = ["data.val_size=200", "data.batch_size=20"]
-    sgd = steps_to_cost(["optimizer=sgd", *common], str(tiny_mnist), threshold=0.3, window=10, max_epochs=30)
-    mom = steps_to_cost(["optimizer=momentum", *common], str(tiny_mnist), threshold=0.3, window=10, max_epochs=30)
-    assert mom is not None and sgd is not None and mom < sgd
+def test_momentum_reaches_the_cost_sooner(tiny_mnist, tmp_path, monkeypatch, capsys):
+    """scripts/momentum_speedup.py as the results pipeline runs it (--seed, --metrics-json)."""
+    import json
+    import runpy
+
+    main = runpy.run_path(str(ROOT / "scripts" / "momentum_speedup.py"), run_name="script")["main"]
+    out = tmp_path / "row" / "metrics.json"
+    monkeypatch.setattr(sys, "argv", [
+        "momentum_speedup.py", "--data-dir", str(tiny_mnist), "--threshold", "0.3", "--window", "10",
+        "--max-epochs", "30", "--seed", "0", "--metrics-json", str(out), "data.val_size=200",
+        "data.batch_size=20"])
+    assert main() == 0
+    m = json.loads(out.read_text())
+    sgd, mom = m["sgd/minibatches"], m["momentum/minibatches"]
+    assert mom < sgd and m["speedup"] == pytest.approx(sgd / mom)
+    assert f"| sgd | {int(sgd)} |" in capsys.readouterr().out
+    monkeypatch.setattr(sys, "argv", ["momentum_speedup.py", "--data-dir", str(tmp_path / "none")])
+    assert main() == 2 and "Traceback" not in capsys.readouterr().err  # no data: a clear error
 
 
 def test_dead_logits_finds_a_killed_class(tmp_path, tiny_mnist):

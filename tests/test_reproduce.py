@@ -31,7 +31,7 @@ def test_every_entry_composes_and_every_model_has_a_row():
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         for e in reg.entries:
-            if not e.automated or e.script:  # a peer's script: its path is checked by registry.load
+            if e.script:  # a peer's or an analysis script: its path is checked by registry.load
                 continue
             try:
                 cfg = compose("train", overrides=[*e.overrides, "seed=0"], return_hydra_config=True)
@@ -472,7 +472,7 @@ SCORER = """\
   model: mnist_mlp
   what: "b's best checkpoint scored beside a peer by a script"
   script: scripts/bench_sentiment.py
-  checkpoint_of: b
+  checkpoints: {--ckpt: b, --other: a}
   seeds: [0, 1]
   metrics: [{key: ensemble/acc, label: test accuracy}]
   cost: {device: cpu, minutes: 1}
@@ -481,22 +481,25 @@ SCORER = """\
 FAKE_SCORER = """\
 import argparse, json, os
 ap = argparse.ArgumentParser()
-ap.add_argument("--ckpt"); ap.add_argument("--seed", type=int); ap.add_argument("--metrics-json")
+ap.add_argument("--ckpt"); ap.add_argument("--other"); ap.add_argument("--seed", type=int)
+ap.add_argument("--metrics-json")
 a = ap.parse_args()
 with open(os.path.join(os.environ["CALLS"], "scored.txt"), "a") as f:
-    f.write(f"{a.ckpt} {a.seed}\\n")
+    f.write(f"{a.ckpt} {a.other} {a.seed}\\n")
 json.dump({"ensemble/acc": 0.9}, open(a.metrics_json, "w"))
 """
 
 
 def test_a_script_entry_scores_the_best_checkpoint_of_another_entrys_run(tmp_path, monkeypatch):
-    """checkpoint_of: the script gets --ckpt <that entry's best checkpoint, same seed>; without
+    """checkpoints: {--ckpt: b, --other: a}: the script gets --ckpt <b's best checkpoint, same
+    seed> and --other <a's>; without
     a finished run of it, this seed fails saying what to run first, and the others go on."""
     reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES + SCORER))
     s, b = reg.get("s"), reg.get("b")
     assert s.command(1) == ("python scripts/bench_sentiment.py --ckpt "
-                            "outputs/reproduce/b/seed1/checkpoints/epoch*-best*.ckpt --seed 1")
-    assert s.command().endswith("--ckpt outputs/reproduce/b/seedS/checkpoints/epoch*-best*.ckpt "
+                            "outputs/reproduce/b/seed1/checkpoints/epoch*-best*.ckpt --other "
+                            "outputs/reproduce/a/seed1/checkpoints/epoch*-best*.ckpt --seed 1")
+    assert s.command().endswith("--other outputs/reproduce/a/seedS/checkpoints/epoch*-best*.ckpt "
                                 "--seed S (S in 0,1)")
     fake = tmp_path / "repo" / "scripts" / "bench_sentiment.py"
     fake.parent.mkdir(parents=True)
@@ -508,24 +511,31 @@ def test_a_script_entry_scores_the_best_checkpoint_of_another_entrys_run(tmp_pat
     (d0 / "checkpoints").mkdir()
     for name in ("last.ckpt", "epoch002-best0.9000.ckpt"):
         (d0 / "checkpoints" / name).write_bytes(b"x")
+    a = reg.get("a")
+    for seed in (0, 1):                                                 # a: both seeds finished
+        d = _fake_run(root, a, seed, {"test/acc": 0.9})
+        (d / "checkpoints").mkdir()
+        (d / "checkpoints" / "epoch001-best0.9000.ckpt").write_bytes(b"x")
     d1 = _fake_run(root, b, 1, None, status="running")                  # b seed 1: interrupted
     (d1 / "checkpoints").mkdir()
     (d1 / "checkpoints" / "epoch000-best0.5000.ckpt").write_bytes(b"x")
     jobs, done = runner.plan([s], root)
     outcomes = runner.run_all(jobs, done, say=lambda _: None)
     assert [o.ok for o in outcomes] == [True, False]
-    assert (tmp_path / "scored.txt").read_text() == f"{d0 / 'checkpoints' / 'epoch002-best0.9000.ckpt'} 0\n"
+    a0 = run_dir(root, a, 0) / "checkpoints" / "epoch001-best0.9000.ckpt"
+    assert (tmp_path / "scored.txt").read_text() == f"{d0 / 'checkpoints' / 'epoch002-best0.9000.ckpt'} {a0} 0\n"
     assert "no finished run" in outcomes[1].error and "--only b --seeds 1 --rerun" in outcomes[1].error
     assert inspect(root, s, 1).state == "failed" and inspect(root, s, 0).metrics == {"ensemble/acc": 0.9}
 
-    bad = [(ENTRIES + SCORER.replace("checkpoint_of: b", "checkpoint_of: zz"), r"entry s.*checkpoint_of: zz"),
+    bad = [(ENTRIES + SCORER.replace("{--ckpt: b,", "{--ckpt: zz,"), r"entry s.*checkpoints: --ckpt zz"),
            (SCORER + ENTRIES, r"entry s.*above this one"),
-           (ENTRIES + SCORER.replace("checkpoint_of: b", "checkpoint_of: g").replace(
+           (ENTRIES + SCORER.replace("{--ckpt: b, --other: a}", "{--ckpt: g}").replace(
                "seeds: [0, 1]", "seeds: [0, 1, 2]"), None),                                  # all of g's seeds: fine
            (ENTRIES + SCORER.replace("seeds: [0, 1]", "seeds: [0, 1, 2]"), r"entry s.*seed\(s\) \[2\]"),
-           (ENTRIES + SCORER.replace("  seeds:", "  args: [--ckpt, x.ckpt]\n  seeds:"), r"entry s.*--ckpt"),
-           (ENTRIES.replace("  seeds: [0, 1]\n", "  seeds: [0, 1]\n  checkpoint_of: a\n"), r"entry b.*goes with script"),
-           (ENTRIES + PEER + SCORER.replace("checkpoint_of: b", "checkpoint_of: p"), r"entry s.*training entry")]
+           (ENTRIES + SCORER.replace("  seeds:", "  args: [--other, x.ckpt]\n  seeds:"), r"entry s.*--other"),
+           (ENTRIES.replace("  seeds: [0, 1]\n", "  seeds: [0, 1]\n  checkpoints: {--ckpt: a}\n"), r"entry b.*goes with script"),
+           (ENTRIES + SCORER.replace("{--ckpt: b, --other: a}", "[b]"), r"entry s.*maps the script's options"),
+           (ENTRIES + PEER + SCORER.replace("{--ckpt: b,", "{--ckpt: p,"), r"entry s.*training entry")]
     for i, (text, match) in enumerate(bad):
         if match is None:
             registry.load(_write_registry(tmp_path / f"ok{i}.yaml", text))

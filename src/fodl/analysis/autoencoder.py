@@ -121,6 +121,17 @@ class Comparison:
     n_train: int = 0
     n_test: int = 0
 
+    def metrics(self) -> dict[str, float]:
+        """The table as ``<model>/<measure>`` numbers (``pca-30/sse``, ``autoencoder-2/knn``,
+        ``denoising_autoencoder-30/l2_corrupted`` ...), what measured only."""
+        out = {}
+        for r in self.rows:
+            name = r.name.lower().replace(" ", "_")
+            for key in ("l2", "sse", "knn", "l2_corrupted", "sse_corrupted"):
+                if (v := getattr(r, key)) is not None:
+                    out[f"{name}/{key}"] = float(v)
+        return out
+
     def markdown(self) -> str:
         corrupt = self.noise_fraction is not None
         pct = f"{self.noise_fraction:.0%}" if corrupt else ""

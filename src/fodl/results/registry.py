@@ -18,7 +18,7 @@ REGISTRY = REPO / "conf" / "reproduce.yaml"
 BEST_CHECKPOINT = "checkpoints/epoch*-best*.ckpt"
 DEVICES = ("cpu", "gpu")
 _FIELDS = {"id", "chapter", "section", "page", "model", "headline", "what", "overrides", "metrics",
-           "book", "anchors", "seeds", "cost", "runs_as", "same_as", "script", "args", "checkpoint_of"}
+           "book", "anchors", "seeds", "cost", "same_as", "script", "args", "checkpoints"}
 _ANCHOR_FIELDS = {"name", "value", "source", "entry", "metric"}
 _METRIC_FIELDS = {"key", "label", "scale", "digits", "unit"}
 
@@ -51,14 +51,10 @@ class Entry:
     book: str | None = None
     anchors: tuple[dict[str, str], ...] = ()
     headline: bool = False
-    runs_as: str | None = None  # an analysis command the pipeline does not run (yet)
     same_as: str | None = None  # another entry whose runs this row reports (the same config)
     script: bool = False        # a peer measured by a script of this repository (not train.py)
-    checkpoint_of: str | None = None  # a script entry scoring that entry's best checkpoint (--ckpt)
-
-    @property
-    def automated(self) -> bool:
-        return self.runs_as is None
+    #: a script entry's options that name other entries' best checkpoints, e.g. (("--ckpt", "id"),)
+    checkpoints: tuple[tuple[str, str], ...] = ()
 
     @property
     def runs_id(self) -> str:
@@ -68,15 +64,13 @@ class Entry:
     def command(self, seed: int | None = None) -> str:
         """The ``scripts/train.py`` command of one seed (all seeds: ``seed=0,1,2`` with -m); a
         script entry's command with ``--seed``."""
-        if not self.automated:
-            return str(self.runs_as)
         if self.script:
             seeds = ",".join(map(str, self.seeds)) if seed is None else str(seed)
             one = seed is not None or len(self.seeds) == 1
             s = seeds if one else "S"
-            ckpt = (f" --ckpt outputs/reproduce/{self.checkpoint_of}/seed{s}/{BEST_CHECKPOINT}"
-                    if self.checkpoint_of else "")
-            return f"python {' '.join(self.overrides)}{ckpt} --seed {s}" + ("" if one else f" (S in {seeds})")
+            ckpts = "".join(f" {flag} outputs/reproduce/{eid}/seed{s}/{BEST_CHECKPOINT}"
+                            for flag, eid in self.checkpoints)
+            return f"python {' '.join(self.overrides)}{ckpts} --seed {s}" + ("" if one else f" (S in {seeds})")
         if seed is None:
             seeds = ",".join(map(str, self.seeds))
             return "python scripts/train.py -m " + " ".join([*self.overrides, f"seed={seeds}"])
@@ -129,7 +123,7 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
         if need not in raw:
             raise _bad(path, f"entry {eid}", f"the field {need} is missing")
     if same_as:
-        clash = sorted({"overrides", "seeds", "cost", "runs_as", "script", "args", "checkpoint_of"} & set(raw))
+        clash = sorted({"overrides", "seeds", "cost", "script", "args", "checkpoints"} & set(raw))
         if clash:
             raise _bad(path, f"entry {eid}", f"same_as: {same_as} takes its runs, so not "
                        f"{', '.join(clash)} (they are {same_as}'s)")
@@ -141,7 +135,7 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
     cost = raw["cost"] or {}
     if "script" in raw:
         return _script_entry(path, raw, eid, cost, default_seeds)
-    for only_scripts in ("args", "checkpoint_of"):
+    for only_scripts in ("args", "checkpoints"):
         if only_scripts in raw:
             raise _bad(path, f"entry {eid}", f"{only_scripts} goes with script (a peer run by a script)")
     device = cost.get("device")
@@ -150,22 +144,20 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
     minutes = cost.get("minutes")
     if device == "cpu" and not isinstance(minutes, (int, float)):
         raise _bad(path, f"entry {eid}", "a cpu entry needs cost.minutes (a one-seed estimate)")
-    runs_as = raw.get("runs_as")
     overrides = tuple(str(o) for o in raw.get("overrides") or ())
     metrics = tuple(_metric(path, eid, m) for m in raw.get("metrics") or ())
-    if runs_as is None and (not overrides or not metrics):
+    if not overrides or not metrics:
         raise _bad(path, f"entry {eid}", "a training entry needs overrides and metrics")
     for o in overrides:
         key = o.split("=", 1)[0].lstrip("+")
         if key in ("seed", "hydra.run.dir", "ckpt_path") or "=" not in o:
             raise _bad(path, f"entry {eid}", f"override {o!r} is not allowed here (seed, run "
                        "directory and resume are set by scripts/reproduce.py)")
-    if device == "gpu" and runs_as is None and "trainer=gpu" not in overrides:
+    if device == "gpu" and "trainer=gpu" not in overrides:
         raise _bad(path, f"entry {eid}", "a gpu entry trains with trainer=gpu among its overrides")
     seeds = tuple(int(s) for s in (raw.get("seeds") or default_seeds))
     return Entry(**_shared(raw, eid), overrides=overrides, metrics=metrics, seeds=seeds, device=device,
-                 minutes=float(minutes) if minutes is not None else None,
-                 runs_as=str(runs_as) if runs_as else None)
+                 minutes=float(minutes) if minutes is not None else None)
 
 
 def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: list[int]) -> Entry:
@@ -175,22 +167,27 @@ def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: li
     if not (REPO / script).is_file() or not script.endswith(".py"):
         raise _bad(path, f"entry {eid}", f"script: {script} is not a Python script of this "
                    "repository (give its path from the repository root, e.g. scripts/bench_pos.py)")
-    clash = sorted({"overrides", "runs_as"} & set(raw))  # (same_as: refused before this)
-    if clash:
-        raise _bad(path, f"entry {eid}", f"a script entry has args, not {', '.join(clash)}")
+    if "overrides" in raw:  # (same_as: refused before this)
+        raise _bad(path, f"entry {eid}", "a script entry has args, not overrides")
     if cost.get("device") != "cpu" or not isinstance(cost.get("minutes"), (int, float)):
         raise _bad(path, f"entry {eid}", "a script entry needs cost: {device: cpu, minutes: N}")
+    checkpoints = raw.get("checkpoints") or {}
+    if not isinstance(checkpoints, dict) or not all(
+            str(k).startswith("--") and isinstance(v, str) for k, v in checkpoints.items()):
+        raise _bad(path, f"entry {eid}", "checkpoints maps the script's options to entry ids, "
+                   "e.g. {--ckpt: ch3_mnist_mlp}")
     args = tuple(str(a) for a in raw.get("args") or ())
-    if any(a.split("=", 1)[0] in ("--seed", "--metrics-json", "--ckpt") for a in args):
-        raise _bad(path, f"entry {eid}", "--seed, --metrics-json and --ckpt (checkpoint_of) are set "
-                   "by scripts/reproduce.py")
+    set_here = ("--seed", "--metrics-json", *map(str, checkpoints))
+    if any(a.split("=", 1)[0] in set_here for a in args):
+        raise _bad(path, f"entry {eid}", f"{', '.join(set_here)} are set by scripts/reproduce.py "
+                   "(--seed, --metrics-json, and checkpoints' options)")
     metrics = tuple(_metric(path, eid, m) for m in raw.get("metrics") or ())
     if not metrics:
         raise _bad(path, f"entry {eid}", "an entry needs metrics")
     return Entry(**_shared(raw, eid), overrides=(script, *args), metrics=metrics,
                  seeds=tuple(int(s) for s in (raw.get("seeds") or default_seeds)), device="cpu",
                  minutes=float(cost["minutes"]), script=True,
-                 checkpoint_of=str(raw["checkpoint_of"]) if raw.get("checkpoint_of") else None)
+                 checkpoints=tuple((str(k), str(v)) for k, v in checkpoints.items()))
 
 
 def _check_anchors(reg: Registry) -> None:
@@ -216,19 +213,19 @@ def _check_anchors(reg: Registry) -> None:
                            f"{', '.join(m.key for m in peer.metrics)})")
 
 
-def _check_checkpoint_of(reg: Registry) -> None:
-    """``checkpoint_of`` names an earlier training entry (``--only`` runs entries in the
-    registry's order, so its runs are made first) with every seed of this one."""
+def _check_checkpoints(reg: Registry) -> None:
+    """``checkpoints`` name earlier training entries (``--only`` runs entries in the registry's
+    order, so their runs are made first) with every seed of this one."""
     seen: dict[str, Entry] = {}
     for e in reg.entries:
-        if e.checkpoint_of is not None:
-            target = seen.get(e.checkpoint_of)
-            if target is None or target.script or not target.automated or target.same_as:
-                raise _bad(reg.path, f"entry {e.id}", f"checkpoint_of: {e.checkpoint_of} must name a "
-                           "training entry above this one (its runs' checkpoints are scored)")
+        for flag, eid in e.checkpoints:
+            target = seen.get(eid)
+            if target is None or target.script or target.same_as:
+                raise _bad(reg.path, f"entry {e.id}", f"checkpoints: {flag} {eid} must name a training "
+                           "entry above this one (its runs' best checkpoints are what the script reads)")
             if missing := sorted(set(e.seeds) - set(target.seeds)):
-                raise _bad(reg.path, f"entry {e.id}", f"seed(s) {missing} are not seeds of "
-                           f"{e.checkpoint_of} (checkpoint_of scores that entry's run of each seed)")
+                raise _bad(reg.path, f"entry {e.id}", f"seed(s) {missing} are not seeds of {eid} "
+                           "(the script reads that entry's run of each of its seeds)")
         seen[e.id] = e
 
 
@@ -255,13 +252,13 @@ def load(path: str | Path = REGISTRY) -> Registry:
         if e.same_as is None:
             continue
         target = by_id.get(e.same_as)
-        if target is None or target.same_as is not None or not target.automated:
+        if target is None or target.same_as is not None:
             raise _bad(path, f"entry {e.id}", f"same_as: {e.same_as} must name a training entry "
                        "of its own runs")
         reg.entries[i] = replace(e, overrides=target.overrides, seeds=target.seeds,
                                  device=target.device, minutes=target.minutes, script=target.script)
     _check_anchors(reg)
-    _check_checkpoint_of(reg)
+    _check_checkpoints(reg)
     return reg
 
 
@@ -287,8 +284,6 @@ def select(reg: Registry, only: Iterable[str] = (), chapters: Iterable[int] = ()
         if only and e.id not in only:
             continue
         if chapters and e.chapter not in chapters:
-            continue
-        if not e.automated:
             continue
         e = reg.get(e.same_as) if e.same_as else e
         if e.device == "gpu" and not gpu:

@@ -98,7 +98,7 @@ def collect(reg: Registry, root: str | Path, ledger_dir: str | Path | None = Non
     def run(e: Entry, s: int) -> SeedRun:
         on_disk = inspect(root, e, s)
         return on_disk if ledger_dir is None else ledger.best(ledger.read(ledger_dir, e, s), on_disk)
-    return [Row(e, [run(e, s) for s in e.seeds] if e.automated else []) for e in reg.entries]
+    return [Row(e, [run(e, s) for s in e.seeds]) for e in reg.entries]
 
 
 def _anchors(e: Entry, rows: list[Row]) -> str:
@@ -126,16 +126,13 @@ def _esc(text: str) -> str:
     return str(text).replace("|", "\\|")
 
 
-def _metric_rows(row: Row) -> list[tuple[Metric | None, str]]:
-    e = row.entry
-    if not e.automated:
-        return [(None, "not automated yet: run the command")]
-    return [(m, row.show(m)) for m in e.metrics]
+def _metric_rows(row: Row) -> list[tuple[Metric, str]]:
+    return [(m, row.show(m)) for m in row.entry.metrics]
 
 
 def results_markdown(reg: Registry, rows: list[Row], now: str | None = None) -> str:
     now = now or time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    own = [r for r in rows if r.entry.automated and r.entry.same_as is None]  # same_as: counted once
+    own = [r for r in rows if r.entry.same_as is None]  # same_as: counted once
     n_fin = sum(len(r.finished) for r in own)
     n_all = sum(len(r.entry.seeds) for r in own)
     lines = [
@@ -164,8 +161,8 @@ def results_markdown(reg: Registry, rows: list[Row], now: str | None = None) -> 
             for i, (m, value) in enumerate(_metric_rows(row)):
                 first = i == 0  # a further metric of the same runs: only its own cells
                 lines.append("| " + " | ".join(_esc(x) for x in [
-                    e.model, e.id, e.what if first else "", m.label if m else "—", value,
-                    row.per_seed(m) if m else "—", (e.book or "—") if first else "", _anchors(e, rows) if first else "",
+                    e.model, e.id, e.what if first else "", m.label, value,
+                    row.per_seed(m), (e.book or "—") if first else "", _anchors(e, rows) if first else "",
                     row.hardware if first else "", row.wall if first else "",
                     row.commit if first else ""]) + (f" | {_cmd(e)} |" if first else " | |"))
         failed = [(row, r) for row in rows if row.entry.chapter == ch for r in row.failed]
@@ -205,7 +202,7 @@ def page_table(rows: Iterable[Row], every: list[Row] | None = None) -> str:
         for i, (m, value) in enumerate(_metric_rows(row)):
             first = i == 0
             out.append("| " + " | ".join(_esc(x) for x in [
-                e.what if first else "", m.label if m else "—", value, (e.book or "—") if first else "",
+                e.what if first else "", m.label, value, (e.book or "—") if first else "",
                 _anchors(e, every) if first else ""]) + (f" | {_cmd(e)} |" if first else " | |"))
     out.append("")
     out.append("Hardware, wall time per run and commit of each row: [results.md](results.md).")

@@ -104,8 +104,8 @@ def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False,
 def command(job: Job, smoke: bool = False) -> list[str]:
     if job.entry.script:  # a peer: the script writes the metrics.json the pipeline reads
         script, *rest = job.entry.overrides
-        if job.entry.checkpoint_of:  # it scores that entry's run of the same seed
-            rest += ["--ckpt", str(scored_checkpoint(job))]
+        for flag, eid in job.entry.checkpoints:  # other entries' runs of the same seed
+            rest += [flag, str(scored_checkpoint(job, eid))]
         return [sys.executable, str(REPO / script), *rest, "--seed", str(job.seed),
                 "--metrics-json", str(job.path / "metrics.json")]
     args = [*job.entry.overrides, f"seed={job.seed}", f"hydra.run.dir={job.path}"]
@@ -116,17 +116,17 @@ def command(job: Job, smoke: bool = False) -> list[str]:
     return [sys.executable, str(TRAIN), *args]
 
 
-def scored_checkpoint(job: Job) -> Path:
-    """The best checkpoint of the run a ``checkpoint_of`` entry scores (the same seed's run of
-    that entry, beside this one under the same root), or ``FodlError`` saying how to make it."""
-    other = job.path.parent.parent / str(job.entry.checkpoint_of) / job.path.name
+def scored_checkpoint(job: Job, entry_id: str) -> Path:
+    """The best checkpoint of ``entry_id``'s run of the job's seed (beside the job's own run,
+    under the same root), for an entry whose script reads it (``checkpoints``); or
+    ``FodlError`` saying how to make it."""
+    other = job.path.parent.parent / entry_id / job.path.name
     found = best_checkpoint(other)
     if found is None:
-        raise FodlError(f"{job.entry.id} seed {job.seed} scores the best checkpoint of "
-                        f"{job.entry.checkpoint_of} seed {job.seed}, and {other} has no finished run "
-                        "with one (the ledger keeps results, not checkpoints). Run python "
-                        f"scripts/reproduce.py --only {job.entry.checkpoint_of} --seeds {job.seed} "
-                        "--rerun first, then this entry again.")
+        raise FodlError(f"{job.entry.id} seed {job.seed} reads the best checkpoint of {entry_id} "
+                        f"seed {job.seed}, and {other} has no finished run with one (the ledger "
+                        f"keeps results, not checkpoints). Run python scripts/reproduce.py --only "
+                        f"{entry_id} --seeds {job.seed} --rerun first, then this entry again.")
     return found
 
 
