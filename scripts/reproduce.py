@@ -134,8 +134,10 @@ def main(argv=None) -> int:
     root = out.with_name(out.name + "-smoke") if args.smoke else out
     jobs, done = runner.plan(entries, root, smoke=args.smoke, ledger_dir=ledger_dir, rerun=args.rerun)
     outcomes = runner.run_all(jobs, done, smoke=args.smoke, workers=args.jobs, ledger_dir=ledger_dir)
-    failed = [o for o in outcomes if not o.ok]
-    print(f"{len(outcomes) - len(failed)} run(s) finished, {len(failed)} failed, {done} already there")
+    failed = [o for o in outcomes if not o.ok and not o.skipped]
+    skipped = [o for o in outcomes if o.skipped]
+    print(f"{len(outcomes) - len(failed) - len(skipped)} run(s) finished, {len(failed)} failed, "
+          f"{done} already there" + (f", {len(skipped)} left to the process running them" if skipped else ""))
     for o in failed:
         print(f"  FAILED {o.job.entry.id} seed {o.job.seed}: {o.error} (log: {o.job.path / runner.LOG})")
     write_report()

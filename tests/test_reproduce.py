@@ -291,6 +291,45 @@ def test_runner_skips_finished_resumes_interrupted_reports_failed(tmp_path, monk
     assert done == 4 and [(j.entry.id, j.seed) for j in jobs] == [("b", 1)]
 
 
+def test_a_seed_another_live_process_runs_is_left_to_it(tmp_path, monkeypatch):
+    """Two scripts/reproduce.py at once (two terminals, --only lists that meet) must not train
+    into the same run directory: the second skips a seed the first holds; a holder that is gone
+    (killed) is taken over; the claim is released when the run ends."""
+    import os
+    import subprocess
+    import sys
+
+    from fodl.results.runs import OWNER, claim
+
+    reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES))
+    a = reg.get("a")
+    root = tmp_path / "runs"
+    fake = tmp_path / "fake_train.py"
+    fake.write_text(FAKE_TRAIN)
+    monkeypatch.setattr(runner, "TRAIN", fake)
+    monkeypatch.setenv("CALLS", str(tmp_path))
+    other = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        d0 = run_dir(root, a, 0)
+        d0.mkdir(parents=True)
+        holder = {"pid": other.pid, "host": os.uname().nodename, "since": "2026-12-05T01:00:00Z"}
+        (d0 / OWNER).write_text(json.dumps(holder))
+        jobs, done = runner.plan([a], root)
+        said = []
+        outcomes = runner.run_all(jobs, done, say=said.append)
+        assert [(o.ok, o.skipped) for o in outcomes] == [(False, True), (True, False), (True, False)]
+        assert any(f"a seed 0: skipped: being run by process {other.pid}" in s for s in said)
+        assert (tmp_path / "calls.txt").read_text().count("seed=0") == 0     # not trained here
+        assert not (run_dir(root, a, 1) / OWNER).exists()                    # released
+        assert claim(d0) is not None                                         # still held
+    finally:
+        other.kill()
+        other.wait()
+    outcomes = runner.run_all(*runner.plan([a], root), say=lambda _: None)   # the holder is gone
+    assert [o.ok for o in outcomes] == [True] and inspect(root, a, 0).state == "finished"
+    assert not (d0 / OWNER).exists()
+
+
 def test_smoke_two_cheap_entries_end_to_end(tmp_path):
     """scripts/reproduce.py --smoke on two real registry entries (tiny MNIST-format data)."""
     data = make_mnist_like(tmp_path / "data", n_train=6000, n_test=200)

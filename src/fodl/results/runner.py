@@ -34,12 +34,14 @@ from fodl.results.registry import Entry
 from fodl.results.runs import (
     REPO,
     best_checkpoint,
+    claim,
     git_commit,
     hardware,
     inspect,
     inspect_dir,
     last_checkpoint,
     last_error,
+    release,
     run_dir,
     write_record,
 )
@@ -65,6 +67,7 @@ class Outcome:
     ok: bool
     wall_s: float
     error: str | None = None
+    skipped: bool = False  # another live process is running this seed: left to it
 
 
 def _move_aside(d: Path, why: str) -> None:
@@ -132,15 +135,27 @@ def scored_checkpoint(job: Job, entry_id: str) -> Path:
 
 def run_one(job: Job, smoke: bool = False, ledger_dir: str | Path | None = None) -> Outcome:
     """Run one seed of one entry to its end; record it in ``reproduce.json`` and, when it
-    finished and ``ledger_dir`` is given, in the run ledger."""
-    import json
-
+    finished and ``ledger_dir`` is given, in the run ledger. A seed another live process is
+    running (``runs.claim``) is left to it: skipped, not failed."""
     d = job.path
     if smoke and d.exists():
         import shutil
 
         shutil.rmtree(d)  # smoke runs are throw-away checks under outputs/reproduce-smoke/
     d.mkdir(parents=True, exist_ok=True)
+    busy = claim(d)
+    if busy is not None:  # two scripts/reproduce.py at once (two terminals, --only lists that meet)
+        return Outcome(job, False, 0.0, busy, skipped=True)
+    try:
+        return _run_claimed(job, smoke, ledger_dir)
+    finally:
+        release(d)
+
+
+def _run_claimed(job: Job, smoke: bool, ledger_dir: str | Path | None) -> Outcome:
+    import json
+
+    d = job.path
     old = {}
     try:
         old = json.loads((d / "reproduce.json").read_text())
@@ -228,7 +243,8 @@ def run_all(jobs: list[Job], done: int, smoke: bool = False, workers: int = 1,
             if out.ok and job.entry.minutes:
                 spent["est"] += job.entry.minutes
                 spent["wall"] += out.wall_s / 60
-            status = "done" if out.ok else f"FAILED ({out.error})"
+            status = ("done" if out.ok else f"skipped: {out.error}" if out.skipped
+                      else f"FAILED ({out.error})")
             say(f"    {job.entry.id} seed {job.seed}: {status} in {out.wall_s / 60:.1f} min")
         return out
 

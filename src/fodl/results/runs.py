@@ -9,6 +9,7 @@ import os
 import platform
 import shutil
 import subprocess
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from typing import Any
 from fodl.results.registry import BEST_CHECKPOINT, REPO, Entry
 
 RECORD = "reproduce.json"
+#: which process is running the directory's run now (removed when it ends)
+OWNER = ".reproduce.owner"
 #: the pipeline's own files: changing them does not change what a run computes
 _OWN = (":(exclude)src/fodl/results", ":(exclude)scripts/reproduce.py", ":(exclude)conf/reproduce.yaml")
 
@@ -86,6 +89,52 @@ def best_checkpoint(d: Path) -> Path | None:
         return None
     found = sorted(d.glob(BEST_CHECKPOINT), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def claim(d: Path) -> str | None:
+    """Take run directory ``d`` for this process (``OWNER``: pid, host, since); ``None`` when
+    taken, else why not: another process that is still alive runs it. A file left by a process
+    that is gone (killed, machine restarted) is taken over."""
+    f = d / OWNER
+    me = {"pid": os.getpid(), "host": platform.node(),
+          "since": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+    for _ in range(3):
+        try:
+            fd = os.open(f, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = read_json(f)
+            if _alive(holder):
+                return (f"being run by process {holder.get('pid')} on {holder.get('host')} since "
+                        f"{holder.get('since')}; if no such process runs, delete {f}")
+            f.unlink(missing_ok=True)  # its process is gone
+            continue
+        with os.fdopen(fd, "w") as out:
+            json.dump(me, out)
+        return None
+    return f"{f} keeps coming back: another scripts/reproduce.py is taking this run"
+
+
+def release(d: Path) -> None:
+    f = d / OWNER
+    if read_json(f).get("pid") == os.getpid():
+        f.unlink(missing_ok=True)
+
+
+def _alive(holder: dict[str, Any]) -> bool:
+    """Whether the process named by an ``OWNER`` file still runs (one on another machine, e.g.
+    a cluster's shared disk, cannot be checked from here: assumed alive)."""
+    pid = holder.get("pid")
+    if not isinstance(pid, int):
+        return False
+    if holder.get("host") != platform.node():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 def write_record(d: Path, record: dict[str, Any]) -> None:
