@@ -158,6 +158,8 @@ def test_momentum_reaches_the_cost_sooner(tiny_mnist, tmp_path, monkeypatch, cap
     assert f"| sgd | {int(sgd)} |" in capsys.readouterr().out
     monkeypatch.setattr(sys, "argv", ["momentum_speedup.py", "--data-dir", str(tmp_path / "none")])
     assert main() == 2 and "Traceback" not in capsys.readouterr().err  # no data: a clear error
+    monkeypatch.setattr(sys, "argv", ["momentum_speedup.py", "--data-dir", str(tiny_mnist), "model.net.nope=3"])
+    assert main() == 2 and "Could not override 'model.net.nope'" in capsys.readouterr().err
 
 
 def test_dead_logits_finds_a_killed_class(tmp_path, tiny_mnist):

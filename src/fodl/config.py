@@ -8,18 +8,26 @@ from typing import Any, Callable, Mapping
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import HydraException
 from omegaconf import DictConfig, open_dict, read_write
+
+from fodl.errors import FodlError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 
 
 def compose_run(overrides: list[str], output_dir: str | Path, config_name: str = "train") -> DictConfig:
     """The config ``scripts/<config_name>.py`` would build for ``overrides``, writing to
-    ``output_dir``; HydraConfig is set so ``${hydra:...}`` interpolations resolve."""
+    ``output_dir``; HydraConfig is set so ``${hydra:...}`` interpolations resolve. An override
+    Hydra refuses (a key or config group option that does not exist) is a ``FodlError``."""
     output_dir = Path(output_dir)
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            cfg = compose(config_name, overrides=overrides, return_hydra_config=True)
+    except HydraException as e:  # an override that does not exist / does not parse: the user's input
+        why = " ".join(str(e).split("Config search path")[0].split())
+        raise FodlError(f"An override does not fit fodl's configs: {why}") from None
     with read_write(cfg), open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(output_dir)
         cfg.paths.output_dir = str(output_dir)
