@@ -16,8 +16,10 @@ import torch
 
 from fodl.benchmark import compare, time_to_accuracy
 from fodl.config import default_data_dir
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", nargs="+", default=["mnist_mlp", "mnist_cnn"])

@@ -24,12 +24,15 @@ env step overlapping the update; for any DQN run's overrides:
 """
 
 import argparse
+import sys
 import time
 from pathlib import Path
 
 from fodl.analysis.rl_bench import atari_benchmark, benchmark, step_breakdown
+from fodl.errors import reports_errors
 
 
+@reports_errors
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("overrides", nargs="*", help="Hydra overrides for fodl's model=dqn config "
@@ -59,4 +62,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
