@@ -52,7 +52,7 @@ class Entry:
     anchors: tuple[dict[str, str], ...] = ()
     headline: bool = False
     same_as: str | None = None  # another entry whose runs this row reports (the same config)
-    script: bool = False        # a peer measured by a script of this repository (not train.py)
+    script: bool = False        # run by a script of this repository (a peer, an analysis), not train.py
     #: a script entry's options that name other entries' best checkpoints, e.g. (("--ckpt", "id"),)
     checkpoints: tuple[tuple[str, str], ...] = ()
 
@@ -137,7 +137,7 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
         return _script_entry(path, raw, eid, cost, default_seeds)
     for only_scripts in ("args", "checkpoints"):
         if only_scripts in raw:
-            raise _bad(path, f"entry {eid}", f"{only_scripts} goes with script (a peer run by a script)")
+            raise _bad(path, f"entry {eid}", f"{only_scripts} goes with script (an entry run by a script, not train.py)")
     device = cost.get("device")
     if device not in DEVICES:
         raise _bad(path, f"entry {eid}", f"cost.device={device!r}; allowed: cpu or gpu")
@@ -161,8 +161,10 @@ def _entry(path: Path, raw: Any, default_seeds: list[int]) -> Entry:
 
 
 def _script_entry(path: Path, raw: dict, eid: str, cost: dict, default_seeds: list[int]) -> Entry:
-    """A peer measured by a script of this repository (``script: scripts/bench_pos.py``, ``args``):
-    the pipeline runs ``python <script> <args> --seed <k> --metrics-json <run dir>/metrics.json``."""
+    """An entry run by a script of this repository (``script: scripts/bench_pos.py``, ``args``,
+    ``checkpoints``): a peer measured side by side or an analysis of trained nets. The pipeline
+    runs ``python <script> <args> [<option> <best checkpoint> ...] --seed <k> --metrics-json
+    <run dir>/metrics.json``."""
     script = str(raw["script"])
     if not (REPO / script).is_file() or not script.endswith(".py"):
         raise _bad(path, f"entry {eid}", f"script: {script} is not a Python script of this "
