@@ -27,7 +27,7 @@ from pathlib import Path
 
 from fodl.errors import FodlError, reports_errors
 from fodl.results import ledger, registry, report, runner
-from fodl.results.runs import REPO, inspect
+from fodl.results.runs import REPO, inspect, running
 
 
 @reports_errors
@@ -146,6 +146,8 @@ def main(argv=None) -> int:
 
 def _state(out: Path, ledger_dir: Path | None, e, seed: int) -> str:
     on_disk = inspect(out, e, seed)
+    if on_disk.state == "interrupted" and running(on_disk.path):
+        return "running"
     if ledger_dir is None or ledger.read(ledger_dir, e, seed).state != "finished":
         return on_disk.state
     return "finished" if on_disk.state == "finished" else "recorded"  # in the ledger, not in --out

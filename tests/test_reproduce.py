@@ -299,7 +299,7 @@ def test_a_seed_another_live_process_runs_is_left_to_it(tmp_path, monkeypatch):
     import subprocess
     import sys
 
-    from fodl.results.runs import OWNER, claim
+    from fodl.results.runs import OWNER, claim, running
 
     reg = registry.load(_write_registry(tmp_path / "r.yaml", ENTRIES))
     a = reg.get("a")
@@ -321,13 +321,13 @@ def test_a_seed_another_live_process_runs_is_left_to_it(tmp_path, monkeypatch):
         assert any(f"a seed 0: skipped: being run by process {other.pid}" in s for s in said)
         assert (tmp_path / "calls.txt").read_text().count("seed=0") == 0     # not trained here
         assert not (run_dir(root, a, 1) / OWNER).exists()                    # released
-        assert claim(d0) is not None                                         # still held
+        assert claim(d0) is not None and running(d0)                         # still held (--list: running)
     finally:
         other.kill()
         other.wait()
     outcomes = runner.run_all(*runner.plan([a], root), say=lambda _: None)   # the holder is gone
     assert [o.ok for o in outcomes] == [True] and inspect(root, a, 0).state == "finished"
-    assert not (d0 / OWNER).exists()
+    assert not (d0 / OWNER).exists() and not running(d0)
 
 
 def test_smoke_two_cheap_entries_end_to_end(tmp_path):

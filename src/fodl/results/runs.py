@@ -114,6 +114,12 @@ def claim(d: Path) -> str | None:
     return f"{f} keeps coming back: another scripts/reproduce.py is taking this run"
 
 
+def running(d: Path) -> bool:
+    """Whether a live process runs ``d``'s run now (it holds the directory: :func:`claim`)."""
+    f = d / OWNER
+    return f.is_file() and _alive(read_json(f))
+
+
 def release(d: Path) -> None:
     f = d / OWNER
     if read_json(f).get("pid") == os.getpid():
