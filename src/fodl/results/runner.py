@@ -14,7 +14,7 @@ directory, resumable across restarts (``scripts/reproduce.py``).
 
 ``smoke=True`` runs every selected entry's first seed for a few batches of one epoch under
 ``outputs/reproduce-smoke/`` (a check that each entry still runs end to end, not a result);
-script entries (peers measured by a benchmark script) are left out of it.
+script entries (peers and analyses run by a script of this repository) are left out of it.
 """
 
 from __future__ import annotations
@@ -84,7 +84,7 @@ def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False,
     jobs, done = [], 0
     for e in entries:
         if smoke and e.script:
-            continue  # a peer's script is not a training run: nothing to smoke-test here
+            continue  # a script entry is not a training run: nothing to smoke-test here
         for seed in (e.seeds[:1] if smoke else e.seeds):
             if smoke:
                 jobs.append(Job(e, seed, run_dir(root, e, seed), False))
@@ -105,7 +105,7 @@ def plan(entries: Sequence[Entry], root: str | Path, smoke: bool = False,
 
 
 def command(job: Job, smoke: bool = False) -> list[str]:
-    if job.entry.script:  # a peer: the script writes the metrics.json the pipeline reads
+    if job.entry.script:  # a peer or an analysis: the script writes the metrics.json the pipeline reads
         script, *rest = job.entry.overrides
         for flag, eid in job.entry.checkpoints:  # other entries' runs of the same seed
             rest += [flag, str(scored_checkpoint(job, eid))]
