@@ -171,15 +171,6 @@ def probabilities_on(model: TextClassifierModule, reviews: list[list[str]],
     return out if out is not None else torch.empty(0, 2)
 
 
-def accuracy_on(model: TextClassifierModule, reviews: list[list[str]], labels: torch.Tensor,
-                batch_size: int = 256) -> float:
-    """Accuracy of a trained classifier on token lists (see :func:`probabilities_on`)."""
-    if not reviews:
-        return 0.0
-    pred = probabilities_on(model, reviews, batch_size).argmax(-1)
-    return float((pred == labels).float().mean())
-
-
 def load_text_classifier(path: str) -> TextClassifierModule:
     """A trained :class:`TextClassifierModule` with its vocabulary, from a checkpoint alone."""
     from fodl.checkpoint import load_trained
