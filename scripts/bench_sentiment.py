@@ -33,6 +33,11 @@ def ngrams(tokens: list[str]) -> list[str]:
     return tokens + [f"{a} {b}" for a, b in zip(tokens, tokens[1:])]
 
 
+def accuracy(scores: torch.Tensor, labels: torch.Tensor) -> float:
+    """The share of rows whose highest score is the label's."""
+    return float((scores.argmax(-1) == labels).float().mean())
+
+
 def linear_baseline(train, test, c: float = 4.0, min_df: int = 2, max_features: int = 300_000,
                     max_iter: int = 1000) -> dict:
     """Fit TF-IDF + logistic regression on ``train = (token lists, labels)``; accuracy on ``test``."""
@@ -50,7 +55,7 @@ def linear_baseline(train, test, c: float = 4.0, min_df: int = 2, max_features: 
     clf.fit(x_train, train[1].numpy())
     fit_s = time.perf_counter() - t0
     proba = clf.predict_proba(vec.transform(test[0]))
-    acc = float((proba.argmax(-1) == test[1].numpy()).mean())
+    acc = accuracy(torch.as_tensor(proba), test[1])
     return {"acc": acc, "fit_s": fit_s, "features": x_train.shape[1], "proba": proba,
             "wall_s": time.perf_counter() - t0}
 
@@ -106,13 +111,13 @@ def main() -> int:
         t0 = time.perf_counter()
         p = probabilities_on(model, test[0])
         probas.append(p)
-        acc = float((p.argmax(-1) == test[1]).float().mean())
+        acc = accuracy(p, test[1])
         metrics["lstm/acc"] = acc
         rows.append((f"fodl lstm_sentiment ({args.ckpt})", acc,
                      f"{time.perf_counter() - t0:.1f} s to classify the test set"))
     if len(probas) == 2:
         # Mesnil et al. 2014's ensemble: the two models, trained apart, vote with their probabilities
-        acc = float(((probas[0] + probas[1]).argmax(-1) == test[1]).float().mean())
+        acc = accuracy(probas[0] + probas[1], test[1])
         metrics["ensemble/acc"] = acc
         rows.append(("the two averaged (mean of their class probabilities, no weight tuned)", acc, "-"))
     if args.metrics_json:

@@ -32,6 +32,7 @@ from fodl.errors import FodlError
 from fodl.results import ledger
 from fodl.results.registry import Entry
 from fodl.results.runs import (
+    RECORD,
     REPO,
     best_checkpoint,
     claim,
@@ -41,6 +42,7 @@ from fodl.results.runs import (
     inspect_dir,
     last_checkpoint,
     last_error,
+    read_json,
     release,
     run_dir,
     write_record,
@@ -153,26 +155,17 @@ def run_one(job: Job, smoke: bool = False, ledger_dir: str | Path | None = None)
 
 
 def _run_claimed(job: Job, smoke: bool, ledger_dir: str | Path | None) -> Outcome:
-    import json
-
     d = job.path
-    old = {}
-    try:
-        old = json.loads((d / "reproduce.json").read_text())
-    except (OSError, ValueError):
-        old = {}
+    old = read_json(d / RECORD)
+    record = {"id": job.entry.id, "overrides": list(job.entry.overrides), "seed": job.seed,
+              "command": job.entry.command(job.seed), "attempts": int(old.get("attempts", 0)) + 1}
     try:
         cmd = command(job, smoke)
     except FodlError as e:  # what it needs is not there: reported as this run's failure
-        write_record(d, {"id": job.entry.id, "overrides": list(job.entry.overrides), "seed": job.seed,
-                         "command": job.entry.command(job.seed), "status": "failed", "error": str(e),
-                         "attempts": int(old.get("attempts", 0)) + 1})
+        write_record(d, {**record, "status": "failed", "error": str(e)})
         return Outcome(job, False, 0.0, str(e))
-    record = {"id": job.entry.id, "overrides": list(job.entry.overrides), "seed": job.seed,
-              "command": job.entry.command(job.seed), "status": "running",
-              "attempts": int(old.get("attempts", 0)) + 1, "commit": git_commit(),
-              "hardware": hardware(job.entry.device), "smoke": smoke,
-              "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "started_at": time.time()}
+    record.update(status="running", commit=git_commit(), hardware=hardware(job.entry.device), smoke=smoke,
+                  started=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), started_at=time.time())
     previous_wall = _previous_wall(old, d) if job.resume else 0.0
     record["wall_before"] = round(previous_wall, 1)
     write_record(d, record)
