@@ -145,6 +145,10 @@ def test_auto_finds_runs_behind_a_link_and_in_its_own_run_directory(tmp_path):
     elsewhere = run(tmp_path / "scratch" / "run", mine, mtime=300)       # hydra.run.dir=<elsewhere>
     assert find_last_checkpoint(outputs, mine, run_dir=tmp_path / "scratch" / "run") == elsewhere
     assert find_last_checkpoint(outputs, ["model=logreg", "seed=1"], run_dir=tmp_path / "scratch" / "run") is None
+    # the run's own last.ckpt wins over a newer one of the same key elsewhere (a pipeline row
+    # that differs from another only in trainer.max_epochs once resumed from the other's)
+    run(outputs / "logreg" / "runs" / "u", [*mine, "trainer.max_epochs=40"], mtime=900)
+    assert find_last_checkpoint(outputs, mine, run_dir=tmp_path / "scratch" / "run") == elsewhere
 
 
 def test_ddp_processes_started_by_lightning_take_rank_zeros_auto_choice(tmp_path, monkeypatch):

@@ -283,7 +283,8 @@ def test_runner_skips_finished_resumes_interrupted_reports_failed(tmp_path, monk
     assert any("[1/4] a seed 1 (resuming): 4 run(s) left, time left ~" in s for s in said)
     assert any("b seed 1: FAILED" in s and "breaks (on purpose)" in s for s in said)
     calls = (tmp_path / "calls.txt").read_text().splitlines()
-    assert "ckpt_path=auto" in calls[0] and all("ckpt_path" not in c for c in calls[1:])
+    assert f"ckpt_path={d1 / 'checkpoints' / 'last.ckpt'}" in calls[0]   # its own, by path
+    assert all("ckpt_path" not in c for c in calls[1:])
     assert [inspect(root, a, s).state for s in a.seeds] == ["finished"] * 3
     assert inspect(root, b, 1).state == "failed" and "on purpose" in inspect(root, b, 1).error
 

@@ -77,6 +77,13 @@ def test_resume_refuses_a_changed_optimizer_or_schedule(tmp_path, tiny_mnist):
     with pytest.raises(FodlError, match=r"optimizer/lr: 0.01 in the checkpoint, 0.5 now"):
         train(train_cfg(tmp_path, tiny_mnist, *common, "trainer.max_epochs=1", "optimizer.lr=0.5",
                         f"ckpt_path={last}", run="b"))
+    # a one-cycle horizon filled in from the run's length (total_steps: null): the restored
+    # scheduler would step past its end (torch: "Tried to step 2 times ...")
+    onecycle = ("model=mnist_mlp", "test=false", "scheduler=onecycle")
+    train(train_cfg(tmp_path, tiny_mnist, *onecycle, "trainer.max_epochs=1", run="cycle"))
+    with pytest.raises(FodlError, match=r"trainer.max_epochs: 1 in the checkpoint, 2 now"):
+        train(train_cfg(tmp_path, tiny_mnist, *onecycle, "trainer.max_epochs=2",
+                        f"ckpt_path={tmp_path / 'cycle' / 'checkpoints' / 'last.ckpt'}", run="d"))
     # a schedule not tied to the run's length can be extended
     train(train_cfg(tmp_path, tiny_mnist, "model=mnist_mlp", "test=false", "scheduler=step",
                     "trainer.max_epochs=1", run="step"))

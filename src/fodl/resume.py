@@ -1,6 +1,7 @@
 """``ckpt_path=auto`` and the TensorBoard curves of a resumed run.
 
-``ckpt_path=auto`` resumes from the newest ``last.ckpt`` of *the same experiment*: a run under
+``ckpt_path=auto`` resumes from the ``last.ckpt`` of the run's own directory when it has one,
+else from the newest ``last.ckpt`` of *the same experiment*: a run under
 ``paths.log_dir`` (single runs and sweep jobs alike) whose Hydra overrides
 (``.hydra/overrides.yaml``) equal this run's, apart from the keys that may change between an
 interrupted run and its continuation (:data:`IGNORED`: ``ckpt_path``, ``trainer.max_epochs``
@@ -86,12 +87,21 @@ def _override_files(roots: Iterable[str | Path]) -> Iterable[Path]:
 def find_last_checkpoint(log_dir: str | Path, overrides: Iterable[str],
                          ckpt_dirs: Iterable[str] = ("checkpoints",),
                          run_dir: str | Path | None = None) -> Path | None:
-    """The newest ``last.ckpt`` of a run with the same experiment key under ``log_dir`` (links
-    followed) or in ``run_dir``, this run's own directory (wherever ``hydra.run.dir`` put it)."""
-    want = experiment_key(overrides)
-    ckpt_dirs = list(ckpt_dirs)
+    """The ``last.ckpt`` of ``run_dir``, this run's own directory (wherever ``hydra.run.dir``
+    put it), when it holds one of the same experiment key: a run relaunched in its directory
+    continues itself, even when another run of that key (one that differed only in
+    ``trainer.max_epochs``, say) saved later. Else the newest such ``last.ckpt`` under
+    ``log_dir`` (links followed)."""
+    if run_dir is not None:
+        own = _newest_last_checkpoint([run_dir], experiment_key(overrides), list(ckpt_dirs))
+        if own is not None:
+            return own
+    return _newest_last_checkpoint([log_dir], experiment_key(overrides), list(ckpt_dirs))
+
+
+def _newest_last_checkpoint(roots: list[str | Path], want: tuple[str, ...],
+                            ckpt_dirs: list[str]) -> Path | None:
     newest: tuple[float, Path] | None = None
-    roots = [log_dir] + ([run_dir] if run_dir is not None else [])
     for f in _override_files(roots):
         try:
             theirs = yaml.safe_load(f.read_text()) or []

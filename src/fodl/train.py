@@ -51,29 +51,42 @@ def _instantiate_all(group: DictConfig | None, name: str) -> list[Any]:
     return out
 
 
+#: the trainer settings that fix a run's number of optimizer steps
+RUN_LENGTH = ("max_epochs", "max_steps", "accumulate_grad_batches")
+
+
 def _check_resume(ckpt: dict[str, Any], resolved: dict[str, Any], path: str) -> None:
     """Resume continues a run as it was configured. Lightning restores the optimizer's and
     the scheduler's state from the checkpoint, so a changed learning rate or schedule (e.g.
-    a cosine T_max tied to a larger trainer.max_epochs) would be silently replaced by the
-    old one, or a schedule would restart past its end. Refuse such a resume, naming the
-    differences; extending a run without a schedule tied to its length is fine."""
+    a cosine T_max tied to a larger trainer.max_epochs, or a one-cycle horizon filled in from
+    the run's length) would be silently replaced by the old one, or a schedule would step
+    past its end. Refuse such a resume, naming the differences; extending a run without a
+    schedule tied to its length is fine."""
     stored = ckpt.get("fodl_config") or {}
     if not stored:
         return
 
     def part(cfg: dict) -> dict:
-        return {"optimizer": cfg.get("optimizer"), "scheduler": cfg.get("scheduler") or None,
-                "model.scheduler_interval": (cfg.get("model") or {}).get("scheduler_interval")}
+        out = {"optimizer": cfg.get("optimizer"), "scheduler": cfg.get("scheduler") or None,
+               "model.scheduler_interval": (cfg.get("model") or {}).get("scheduler_interval")}
+        if (cfg.get("scheduler") or {}).get("total_steps", 0) is None:
+            # the horizon is filled in from the run's length (one-cycle, linear decay), and the
+            # restored scheduler keeps the checkpoint's: it would step past its end
+            trainer = cfg.get("trainer") or {}
+            out.update({f"trainer.{k}": trainer.get(k) for k in RUN_LENGTH})
+            out["data.batch_size"] = (cfg.get("data") or {}).get("batch_size")
+        return out
 
     old, new = _flat(part(stored)), _flat(part(resolved))
     diff = sorted(k for k in old.keys() | new.keys() if old.get(k) != new.get(k))
     if diff:
         shown = "; ".join(f"{k}: {old.get(k)!r} in the checkpoint, {new.get(k)!r} now" for k in diff[:6])
         raise FodlError(
-            f"Cannot resume from {path} with a different optimizer or schedule ({shown}). Resume "
-            "restores the optimizer and scheduler state of the checkpoint, so the new values would "
-            "be ignored or the schedule would run past its end. Resume with the run's own settings "
-            "(drop those overrides), or start a new run for a new schedule.")
+            f"Cannot resume from {path} with a different optimizer or schedule, or a different "
+            f"length of a run whose schedule is tied to it ({shown}). Resume restores the optimizer "
+            "and scheduler state of the checkpoint, so the new values would be ignored or the "
+            "schedule would run past its end. Resume with the run's own settings (drop those "
+            "overrides), or start a new run for a new schedule.")
 
 
 def _flat(d: dict) -> dict[str, Any]:

@@ -3,7 +3,8 @@ directory, resumable across restarts (``scripts/reproduce.py``).
 
 - a *finished* run (same overrides and seed, ``metrics.json`` present) is skipped;
 - an *interrupted* one (started, no result) continues from its ``last.ckpt`` with
-  ``ckpt_path=auto`` (its own run directory holds the newest ``last.ckpt`` of those overrides);
+  the ``last.ckpt`` of its own run directory (given by path: ``ckpt_path=auto`` would take
+  any run of the same overrides apart from ``trainer.max_epochs``, e.g. another entry's);
 - a *failed* one is run again, and if it fails again it is reported while the others go on;
 - a *stale* one (made with other overrides: the registry changed) is moved aside to
   ``seed<k>.stale-<n>`` and run afresh; nothing already written is deleted;
@@ -114,8 +115,8 @@ def command(job: Job, smoke: bool = False) -> list[str]:
         return [sys.executable, str(REPO / script), *rest, "--seed", str(job.seed),
                 "--metrics-json", str(job.path / "metrics.json")]
     args = [*job.entry.overrides, f"seed={job.seed}", f"hydra.run.dir={job.path}"]
-    if job.resume:
-        args.append("ckpt_path=auto")
+    if job.resume:  # its own last.ckpt, never another entry's (ckpt_path=auto ignores max_epochs)
+        args.append(f"ckpt_path={last_checkpoint(job.path)}")
     if smoke:
         args += [*SMOKE, "logger=none"]
     return [sys.executable, str(TRAIN), *args]
