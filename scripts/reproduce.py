@@ -21,6 +21,7 @@ run failed (the others still ran), 2 for bad options.
 
 import argparse
 import os
+import signal
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -134,13 +135,20 @@ def main(argv=None) -> int:
     root = out.with_name(out.name + "-smoke") if args.smoke else out
     jobs, done = runner.plan(entries, root, smoke=args.smoke, ledger_dir=ledger_dir, rerun=args.rerun)
     outcomes = runner.run_all(jobs, done, smoke=args.smoke, workers=args.jobs, ledger_dir=ledger_dir)
-    failed = [o for o in outcomes if not o.ok and not o.skipped]
+    failed = [o for o in outcomes if not o.ok and not o.skipped and not o.stopped]
     skipped = [o for o in outcomes if o.skipped]
-    print(f"{len(outcomes) - len(failed) - len(skipped)} run(s) finished, {len(failed)} failed, "
-          f"{done} already there" + (f", {len(skipped)} left to the process running them" if skipped else ""))
+    stopped = [o for o in outcomes if o.stopped]
+    print(f"{len(outcomes) - len(failed) - len(skipped) - len(stopped)} run(s) finished, "
+          f"{len(failed)} failed, {done} already there"
+          + (f", {len(skipped)} left to the process running them" if skipped else ""))
     for o in failed:
         print(f"  FAILED {o.job.entry.id} seed {o.job.seed}: {o.error} (log: {o.job.path / runner.LOG})")
     write_report()
+    if (signum := runner.stopped_by()) is not None:
+        print(f"stopped by {signal.Signals(signum).name}: {len(stopped)} run(s) not finished (those "
+              "in progress continue from their last epoch-end checkpoint); the same command goes on",
+              file=sys.stderr)
+        return 128 + signum
     return 1 if failed else 0
 
 

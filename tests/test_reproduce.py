@@ -331,6 +331,66 @@ def test_a_seed_another_live_process_runs_is_left_to_it(tmp_path, monkeypatch):
     assert not (d0 / OWNER).exists() and not running(d0)
 
 
+SLEEPY_TRAIN = """\
+import os, sys, time
+args = dict(a.split("=", 1) for a in sys.argv[1:])
+os.makedirs(args["hydra.run.dir"], exist_ok=True)
+open(os.path.join(os.environ["CALLS"], "pid-" + args["seed"]), "w").write(str(os.getpid()))
+time.sleep(120)
+"""
+
+DRIVER = """\
+import runpy, sys
+from pathlib import Path
+from fodl.results import runner
+runner.TRAIN = Path(sys.argv[1])
+sys.argv = ["reproduce.py", *sys.argv[2:]]
+runpy.run_path({script!r}, run_name="__main__")
+"""
+
+
+@pytest.mark.parametrize("sig,jobs", [("SIGTERM", 1), ("SIGHUP", 1), ("SIGTERM", 2)])
+def test_a_killed_pipeline_stops_its_training_processes_and_continues_next_time(tmp_path, sig, jobs):
+    """kill (a batch system's notice) or a closed terminal: scripts/reproduce.py used to die
+    alone, leaving its training process running, orphaned, in a run directory whose claim died
+    with it, so the next pipeline took the directory over while the orphan still wrote to it."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from fodl.results.runs import running
+
+    reg_path = _write_registry(tmp_path / "r.yaml", ENTRIES)
+    a = registry.load(reg_path).get("a")
+    root = tmp_path / "runs"
+    (tmp_path / "fake_train.py").write_text(SLEEPY_TRAIN)
+    (tmp_path / "driver.py").write_text(DRIVER.format(script=str(ROOT / "scripts" / "reproduce.py")))
+    env = {**os.environ, "CALLS": str(tmp_path), "PYTHONPATH": str(ROOT / "src")}
+    proc = subprocess.Popen(
+        [sys.executable, str(tmp_path / "driver.py"), str(tmp_path / "fake_train.py"),
+         "--registry", str(reg_path), "--only", "a", "--out", str(root), "--ledger", "",
+         "--docs", str(tmp_path / "docs"), "--readme", "", "--jobs", str(jobs)],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    pid_files, deadline = [tmp_path / f"pid-{k}" for k in range(jobs)], time.monotonic() + 60
+    while not all(f.is_file() and f.read_text() for f in pid_files) and time.monotonic() < deadline:
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.1)
+    children = [int(f.read_text()) for f in pid_files]
+    proc.send_signal(getattr(signal, sig))
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + getattr(signal, sig), (out, err)
+    assert f"stopped by {sig}" in err and "Traceback" not in err
+    for child in children:
+        with pytest.raises(ProcessLookupError):
+            os.kill(child, 0)                                            # not left training
+    assert not (tmp_path / f"pid-{jobs}").exists()                      # no new run started
+    for k in range(jobs):                                               # each continues next time
+        assert inspect(root, a, k).state == "interrupted" and not running(run_dir(root, a, k))
+    assert "FAILED" not in out
+
+
 def test_smoke_two_cheap_entries_end_to_end(tmp_path):
     """scripts/reproduce.py --smoke on two real registry entries (tiny MNIST-format data)."""
     data = make_mnist_like(tmp_path / "data", n_train=6000, n_test=200)

@@ -20,11 +20,13 @@ script entries (peers and analyses run by a script of this repository) are left 
 
 from __future__ import annotations
 
+import signal
 import subprocess
 import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -71,6 +73,48 @@ class Outcome:
     wall_s: float
     error: str | None = None
     skipped: bool = False  # another live process is running this seed: left to it
+    stopped: bool = False  # a signal stopped the pipeline: this seed continues next time
+
+
+#: the training processes running now, and the signal that stopped the pipeline (if one did)
+_live: set[subprocess.Popen] = set()
+_live_lock = threading.RLock()  # reentrant: the handler runs on the main thread, maybe inside it
+_stop: dict[str, int | None] = {"signal": None}
+#: the signals that stop a pipeline run: kill / a batch system's notice, a closed terminal, Ctrl-C
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+def stopped_by() -> int | None:
+    """The signal that stopped the last :func:`run_all`, or None."""
+    return _stop["signal"]
+
+
+def _on_stop_signal(signum, frame) -> None:
+    _stop["signal"] = signum
+    with _live_lock:
+        procs = list(_live)
+    for p in procs:
+        if p.poll() is None:
+            p.terminate()
+
+
+@contextmanager
+def _stoppable():
+    """While running: SIGTERM, SIGHUP or Ctrl-C terminates the training processes in progress
+    (each continues next time from its last epoch-end ``last.ckpt``) and starts no new run. A
+    killed ``scripts/reproduce.py`` otherwise left its child training on, orphaned, in a run
+    directory whose claim had died with it: the next pipeline would take the directory over
+    and two processes would write one run."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    _stop["signal"] = None
+    old = {s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS}
+    try:
+        yield
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
 
 
 def _move_aside(d: Path, why: str) -> None:
@@ -174,8 +218,10 @@ def _run_claimed(job: Job, smoke: bool, ledger_dir: str | Path | None) -> Outcom
     with open(d / LOG, "a") as log:
         log.write(f"\n$ {' '.join(cmd)}\n")
         log.flush()
-        rc = subprocess.run(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT).returncode
+        rc = _run_child(cmd, log)
     wall = time.monotonic() - t0
+    if stopped_by() is not None:  # left "running": inspect() calls it interrupted, to continue
+        return Outcome(job, False, wall, "stopped", stopped=True)
     ok = rc == 0 and (d / "metrics.json").is_file()
     error = None
     if not ok:
@@ -188,6 +234,25 @@ def _run_claimed(job: Job, smoke: bool, ledger_dir: str | Path | None) -> Outcom
     if ok and not smoke and ledger_dir is not None:
         ledger.record(ledger_dir, job.entry, inspect_dir(d, job.entry, job.seed))
     return Outcome(job, ok, wall, error)
+
+
+def _run_child(cmd: list[str], log) -> int:
+    """Run one training process to its end, terminable by :func:`_on_stop_signal`."""
+    if stopped_by() is not None:
+        return -int(stopped_by())
+    with _live_lock:
+        proc = subprocess.Popen(cmd, cwd=REPO, stdout=log, stderr=subprocess.STDOUT)
+        _live.add(proc)
+    try:
+        if stopped_by() is not None:  # the signal came while it was starting
+            proc.terminate()
+        return proc.wait()
+    finally:
+        if proc.poll() is None:  # an exception here: never leave it running
+            proc.kill()
+            proc.wait()
+        with _live_lock:
+            _live.discard(proc)
 
 
 def _previous_wall(old: dict, d: Path) -> float:
@@ -225,6 +290,11 @@ def run_all(jobs: list[Job], done: int, smoke: bool = False, workers: int = 1,
 
     def work(i: int) -> Outcome:
         job = jobs[i]
+        if stopped_by() is not None:
+            out = Outcome(job, False, 0.0, "not started", stopped=True)
+            with lock:
+                outcomes.append(out)
+            return out
         with lock:
             started[0] += 1
             left = jobs[i:]
@@ -238,16 +308,17 @@ def run_all(jobs: list[Job], done: int, smoke: bool = False, workers: int = 1,
                 spent["est"] += job.entry.minutes
                 spent["wall"] += out.wall_s / 60
             status = ("done" if out.ok else f"skipped: {out.error}" if out.skipped
-                      else f"FAILED ({out.error})")
+                      else "stopped (continues next time)" if out.stopped else f"FAILED ({out.error})")
             say(f"    {job.entry.id} seed {job.seed}: {status} in {out.wall_s / 60:.1f} min")
         return out
 
     if done:
         say(f"{done} run(s) already finished (skipped); {total} to run")
-    if workers <= 1:
-        for i in range(total):
-            work(i)
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            list(pool.map(work, range(total)))
+    with _stoppable():
+        if workers <= 1:
+            for i in range(total):
+                work(i)
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                list(pool.map(work, range(total)))
     return outcomes
