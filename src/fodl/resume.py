@@ -140,6 +140,8 @@ def resolve_ckpt_path(cfg) -> str | None:
                         "a run started through scripts/train.py. Give the checkpoint's path instead.") from None
     log_dir = Path(str(cfg.paths.log_dir))
     found = find_last_checkpoint(log_dir, overrides, checkpoint_dirs(cfg), cfg.paths.output_dir)
+    if found is not None and found.is_absolute() and found.is_relative_to(Path.cwd()):
+        found = found.relative_to(Path.cwd())  # as the log_dir search gives it (outputs/...)
     os.environ[_INHERITED] = str(found or "")
     if found is None:
         log.info("ckpt_path=auto: no last.ckpt of this experiment under %s; starting from scratch",
