@@ -105,10 +105,10 @@ def _stoppable():
     killed ``scripts/reproduce.py`` otherwise left its child training on, orphaned, in a run
     directory whose claim had died with it: the next pipeline would take the directory over
     and two processes would write one run."""
-    if threading.current_thread() is not threading.main_thread():
+    _stop["signal"] = None
+    if threading.current_thread() is not threading.main_thread():  # handlers only go there
         yield
         return
-    _stop["signal"] = None
     old = {s: signal.signal(s, _on_stop_signal) for s in STOP_SIGNALS}
     try:
         yield
