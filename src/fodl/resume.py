@@ -92,11 +92,12 @@ def find_last_checkpoint(log_dir: str | Path, overrides: Iterable[str],
     continues itself, even when another run of that key (one that differed only in
     ``trainer.max_epochs``, say) saved later. Else the newest such ``last.ckpt`` under
     ``log_dir`` (links followed)."""
+    want, ckpt_dirs = experiment_key(overrides), list(ckpt_dirs)  # an iterator is read once
     if run_dir is not None:
-        own = _newest_last_checkpoint([run_dir], experiment_key(overrides), list(ckpt_dirs))
+        own = _newest_last_checkpoint([run_dir], want, ckpt_dirs)
         if own is not None:
             return own
-    return _newest_last_checkpoint([log_dir], experiment_key(overrides), list(ckpt_dirs))
+    return _newest_last_checkpoint([log_dir], want, ckpt_dirs)
 
 
 def _newest_last_checkpoint(roots: list[str | Path], want: tuple[str, ...],
